@@ -1,0 +1,78 @@
+"""The exception tree of `unpacked`.
+
+Every error the library raises on purpose is an ``UnpackedError``; third-party
+exceptions (httpx, OSError from tar streams, YAML errors) are translated at the
+boundary where they occur, so callers and the CLI only ever see this tree::
+
+    UnpackedError
+    ├── InvalidReferenceError          a reference string that cannot be parsed
+    ├── RegistryError                  anything that went wrong talking to a registry
+    │   ├── RegistryConnectionError    network failure or timeout, after retries
+    │   ├── AuthenticationError        401/403, or the token service refused us
+    │   ├── NotFoundError              unknown manifest, blob, repository or tag
+    │   ├── RateLimitedError           429 that did not clear within our patience
+    │   └── RegistryProtocolError      a response we cannot accept (bad media type,
+    │                                  size over the cap, malformed JSON, ...)
+    ├── VerificationError              bytes that do not match their digest or size
+    ├── LayerError                     a layer cannot be applied
+    │   └── UnsafeLayerError           an entry tries to leave the target directory
+    └── ConfigError                    bad configuration (auth file, options)
+
+Each error's message names the culprit (the reference, the blob digest, the
+layer, the path) so that it can be shown to a person as it is.
+"""
+
+from __future__ import annotations
+
+
+class UnpackedError(Exception):
+    """Base class of every error raised on purpose by `unpacked`."""
+
+
+class InvalidReferenceError(UnpackedError, ValueError):
+    """A string is not a valid image reference."""
+
+    def __init__(self, text: str, reason: str) -> None:
+        super().__init__(f"invalid image reference {text!r}: {reason}")
+        self.text = text
+        self.reason = reason
+
+
+class ConfigError(UnpackedError):
+    """Configuration (options, auth files) is malformed."""
+
+
+class RegistryError(UnpackedError):
+    """A registry request failed."""
+
+
+class RegistryConnectionError(RegistryError):
+    """The registry could not be reached (connection, TLS, timeout) after retries."""
+
+
+class AuthenticationError(RegistryError):
+    """The registry or its token service refused our credentials."""
+
+
+class NotFoundError(RegistryError):
+    """The registry does not know the manifest, blob, repository or tag."""
+
+
+class RateLimitedError(RegistryError):
+    """The registry kept answering 429 Too Many Requests."""
+
+
+class RegistryProtocolError(RegistryError):
+    """The registry answered something we cannot accept."""
+
+
+class VerificationError(UnpackedError):
+    """Content does not match the digest or size it was announced with."""
+
+
+class LayerError(UnpackedError):
+    """A layer cannot be read or applied."""
+
+
+class UnsafeLayerError(LayerError):
+    """A layer entry would create, change or follow something outside the target."""
