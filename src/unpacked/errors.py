@@ -16,6 +16,8 @@ boundary where they occur, so callers and the CLI only ever see this tree::
     ├── VerificationError              bytes that do not match their digest or size
     ├── LayerError                     a layer cannot be applied
     │   └── UnsafeLayerError           an entry tries to leave the target directory
+    ├── PublishError                   a repository transaction failed (nothing was published)
+    │   └── RepositoryLockedError      another process holds the repository lock too long
     └── ConfigError                    bad configuration (auth file, options)
 
 Each error's message names the culprit (the reference, the blob digest, the
@@ -76,3 +78,11 @@ class LayerError(UnpackedError):
 
 class UnsafeLayerError(LayerError):
     """A layer entry would create, change or follow something outside the target."""
+
+
+class PublishError(UnpackedError):
+    """A repository transaction could not be completed; the published tree is unchanged."""
+
+
+class RepositoryLockedError(PublishError):
+    """Another process held the repository lock for longer than we were willing to wait."""
