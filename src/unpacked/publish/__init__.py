@@ -1,0 +1,37 @@
+"""Publishing into a repository: one transaction per image, all of it or nothing.
+
+``open_publisher("dir:/srv/unpacked")`` gives a ``Publisher``; its ``transaction()``
+context manager gives a ``Transaction`` that stages new trees, files and links and
+publishes them when the ``with`` block ends without an exception. The contract every
+backend keeps, and what it does not promise, is written in ``_base``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from unpacked.errors import ConfigError
+from unpacked.publish._base import Publisher, Transaction
+from unpacked.publish._dir import DirPublisher
+
+__all__ = ["BACKENDS", "Publisher", "Transaction", "open_publisher"]
+
+_OPENERS: dict[str, Callable[[str], Publisher]] = {
+    "dir": DirPublisher.open,
+}
+
+BACKENDS: tuple[str, ...] = tuple(_OPENERS)
+"""Names of the supported backends, as written before the colon of a spec."""
+
+
+def open_publisher(spec: str) -> Publisher:
+    """The publisher for ``spec``, ``"<backend>:<location>"`` (e.g. ``"dir:/srv/unpacked"``).
+
+    A bare path is refused rather than guessed at: ``/cvmfs/x`` could mean either backend.
+    """
+    backend, colon, location = spec.partition(":")
+    opener = _OPENERS.get(backend) if colon else None
+    if opener is None:
+        supported = ", ".join(f"{name}:<path>" for name in BACKENDS)
+        raise ConfigError(f"unknown publisher {spec!r}: expected one of {supported}")
+    return opener(location)
