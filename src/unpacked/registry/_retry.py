@@ -1,0 +1,87 @@
+"""Retrying what may pass: bounded exponential backoff with jitter, and ``Retry-After``."""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TypeVar
+
+from unpacked.errors import RateLimitedError
+
+from ._errors import Transient
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Run an attempt until it succeeds, fails for good, or ``retries`` more tries fail.
+
+    An attempt signals "may pass" by raising ``Transient``; everything else
+    propagates at once. Delays double from ``backoff_base`` up to
+    ``backoff_max`` and are jittered into [delay/2, delay] so that many
+    workers hit by one outage do not come back in step. A ``Retry-After`` is
+    obeyed as given, unless it exceeds ``max_retry_after``.
+    """
+
+    retries: int
+    backoff_base: float
+    backoff_max: float
+    max_retry_after: float
+    sleep: Callable[[float], None]
+    jitter: Callable[[], float] = random.random
+
+    def run(self, attempt: Callable[[], T]) -> T:
+        failures = 0
+        while True:
+            try:
+                return attempt()
+            except Transient as transient:
+                delay = self._delay_after(transient, failures)
+                failures += 1
+                logger.warning(
+                    "%s; retrying in %.1f s (attempt %d of %d)",
+                    transient.error,
+                    delay,
+                    failures + 1,
+                    self.retries + 1,
+                )
+                self.sleep(delay)
+
+    def _delay_after(self, transient: Transient, failures: int) -> float:
+        """How long to wait before the next attempt; raise if there is none."""
+        if failures >= self.retries:
+            raise transient.error from transient.__cause__
+        wait = transient.retry_after
+        if wait is not None and wait > self.max_retry_after:
+            raise RateLimitedError(
+                f"{transient.error}; it asks to wait {wait:.0f} s, more than the "
+                f"{self.max_retry_after:.0f} s we accept"
+            ) from transient.__cause__
+        if wait is not None:
+            return wait
+        delay = min(self.backoff_max, self.backoff_base * 2.0**failures)
+        return delay / 2 + self.jitter() * delay / 2
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta seconds or HTTP date); None if absent
+    or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
