@@ -126,6 +126,15 @@ class Transaction(abc.ABC):
     def read_path(self, path: PurePosixPath) -> Path:
         """Where the published content of ``path`` can be read (see N2). Do not write there."""
 
+    @abc.abstractmethod
+    def scratch_dir(self) -> Path:
+        """A private directory for temporary files (downloaded blobs, ...).
+
+        Never published; removed with the transaction whatever its outcome. On the
+        repository's file system for ``dir:``; callers delete big files they no longer
+        need as they go, so that they are not flushed with the commit.
+        """
+
 
 class Publisher(abc.ABC):
     """One repository and the backend that publishes into it.

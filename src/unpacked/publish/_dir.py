@@ -133,6 +133,12 @@ class DirTransaction(Transaction):
 
     # --- for the publisher ---
 
+    def scratch_dir(self) -> Path:
+        scratch = self._area.directory / "scratch"
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(scratch, 0o700)
+        return scratch
+
     def close(self) -> None:
         """Refuse every further call: the scope of the transaction has ended."""
         self._open = False

@@ -1,0 +1,205 @@
+"""The layer and image levels: apply one tar stream, unpack one blob, unpack an image flat."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tarfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from unpacked.digest import Digest, Readable
+from unpacked.errors import LayerError, UnsafeLayerError
+from unpacked.layers import _fs, _whiteouts
+from unpacked.layers._compression import opened
+from unpacked.layers._entries import (
+    HANDLERS,
+    Context,
+    Place,
+    directory_metadata,
+    inherit_lower_directory,
+)
+from unpacked.layers._paths import Parts, Tree, display, normalise
+from unpacked.layers._report import ApplyReport, ReportBuilder, Target
+from unpacked.layers._tarstream import TarReader
+from unpacked.layers._whiteouts import Whiteouts
+
+logger = logging.getLogger(__name__)
+
+
+def apply_layer(
+    tar_stream: Readable,
+    root: Path,
+    *,
+    target: Target,
+    lower: Path | None = None,
+    name: str = "layer",
+) -> ApplyReport:
+    """Apply one uncompressed tar stream to the directory ``root``.
+
+    FLAT: ``root`` holds the layers below; whiteouts remove from it. LAYERFS:
+    ``root`` is the layer's own directory and ``lower`` (optional) the file
+    system of the layers below, from which a hard link to a file not in this
+    layer is copied. The stream is read to its end. Raises ``LayerError`` (or
+    ``UnsafeLayerError`` for an entry that would leave ``root``) naming the
+    layer and the entry; ``root`` is then partly written.
+    """
+    if lower is not None and target is not Target.LAYERFS:
+        raise ValueError("lower is only used with Target.LAYERFS")
+    try:
+        return _apply(tar_stream, root, target=target, lower=lower, name=name)
+    except OSError as exc:
+        # Entries are named by _apply_member; what is left concerns the layer's directories.
+        raise LayerError(f"layer {name}: {root}: {exc.strerror or exc}") from exc
+
+
+def _apply(
+    tar_stream: Readable, root: Path, *, target: Target, lower: Path | None, name: str
+) -> ApplyReport:
+    fs = _fs.select()
+    with contextlib.ExitStack() as trees:
+        tree = trees.enter_context(Tree(root, layer=name))
+        lower_tree = trees.enter_context(Tree(lower, layer=name)) if lower is not None else None
+        mode, report = _whiteout_mode(target, fs, tree)
+        reader = TarReader(tar_stream, layer=name)
+        ctx = Context(
+            layer=name,
+            fs=fs,
+            tree=tree,
+            source=reader.source,
+            report=report,
+            lower=lower_tree,
+            upper=set() if target is Target.FLAT else None,
+        )
+        for member in reader:
+            report.entries += 1
+            _apply_member(ctx, mode, member)
+        _finish(ctx, reader)
+    result = report.build()
+    logger.debug(
+        "layer %s: %d entries, %d bytes, whiteouts %s",
+        name,
+        result.entries,
+        result.bytes_written,
+        result.whiteouts,
+    )
+    return result
+
+
+def _whiteout_mode(
+    target: Target, fs: _fs.FileSystem, tree: Tree
+) -> tuple[Whiteouts, ReportBuilder]:
+    if target is Target.FLAT:
+        return Whiteouts.RESOLVE, ReportBuilder(whiteouts=Whiteouts.RESOLVE.value)
+    reason = fs.overlay_whiteouts(tree.root_fd)
+    if reason is None:
+        return Whiteouts.OVERLAY, ReportBuilder(whiteouts=Whiteouts.OVERLAY.value)
+    report = ReportBuilder(whiteouts=Whiteouts.KEEP.value)
+    if fs.privileged:
+        report.warn(reason, "")
+    return Whiteouts.KEEP, report
+
+
+def _apply_member(ctx: Context, mode: Whiteouts, member: tarfile.TarInfo) -> None:
+    try:
+        parts = normalise(member.name, layer=ctx.layer)
+        if not parts:
+            _root_entry(ctx, member)
+        elif (
+            mode is not Whiteouts.KEEP
+            and _whiteouts.PREFIX in member.name
+            and _whiteouts.concerns(parts)
+        ):
+            _whiteouts.apply(ctx, mode, member, parts)
+        else:
+            _create(ctx, member, parts)
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in a PAX name
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise LayerError(f"layer {ctx.layer}: entry {member.name!r}: {reason}") from exc
+    if ctx.tree.created:
+        _created_implicitly(ctx)
+
+
+def _created_implicitly(ctx: Context) -> None:
+    """Bookkeeping for the missing parent directories the last entry needed."""
+    for parts in ctx.tree.created:
+        ctx.created(parts)
+    if ctx.lower is not None:
+        for parts in ctx.tree.created:
+            inherit_lower_directory(ctx, parts)
+    ctx.tree.created.clear()
+
+
+def _create(ctx: Context, member: tarfile.TarInfo, parts: Parts) -> None:
+    handler = HANDLERS.get(member.type)
+    if handler is None:
+        ctx.report.skip(display(parts), f"unsupported tar entry type {member.type!r}")
+        return
+    found = ctx.tree.directory(parts[:-1], create=True)
+    assert found is not None
+    fd, resolved = found
+    place = Place(fd, parts[-1], (*resolved, parts[-1]))
+    handler(ctx, member, place)
+    ctx.created(place.parts)
+
+
+def _root_entry(ctx: Context, member: tarfile.TarInfo) -> None:
+    if not member.isdir():
+        raise UnsafeLayerError(
+            f"layer {ctx.layer}: entry {member.name!r} would replace the root directory"
+        )
+    directory_metadata(ctx, ctx.tree.root_fd, member, (), merged=True)
+
+
+def _finish(ctx: Context, reader: TarReader) -> None:
+    """End of the tar: check what follows, then set directory times (children changed them)."""
+    if reader.missing_end_marker:
+        ctx.report.warn("tar stream has no end-of-archive marker", "")
+    if reader.source.drain():
+        ctx.report.warn("data after the end-of-archive marker ignored", "")
+    ctx.report.diff_size = reader.source.tell()
+    if ctx.root_opaque:
+        _whiteouts.spell_out_root_opaque(ctx)
+    # Directories this layer only passed through get their times back; then
+    # the directory entries of this layer get theirs.
+    for times in (ctx.tree.times, ctx.dir_times):
+        for parts, ns in times.items():
+            _set_dir_times(ctx, parts, ns)
+
+
+def _set_dir_times(ctx: Context, parts: Parts, ns: tuple[int, int]) -> None:
+    try:
+        found = ctx.tree.directory(parts, create=False)
+    except LayerError:
+        return  # replaced by a non-directory later in the layer
+    if found is not None and found[1] == parts:
+        os.utime(found[0], ns=ns)
+
+
+def unpack_layer(
+    blob: Readable,
+    media_type: str,
+    diff_id: Digest,
+    root: Path,
+    *,
+    target: Target,
+    lower: Path | None = None,
+    name: str,
+) -> ApplyReport:
+    """Decompress, apply and verify one layer blob.
+
+    The uncompressed stream is hashed to its very end (trailing zero blocks
+    included) and must equal ``diff_id``, else ``VerificationError`` naming the
+    layer; ``root`` is then partly written and must be discarded by the caller.
+    """
+    with opened(blob, media_type, name=name, diff_id=diff_id) as stream:
+        return apply_layer(stream, root, target=target, lower=lower, name=name)
+
+
+def unpack_flat(layers: Iterable[tuple[Readable, str, Digest]], root: Path) -> list[ApplyReport]:
+    """Unpack ``(blob, media type, diff_id)`` layers in order into one FLAT root."""
+    return [
+        unpack_layer(blob, media_type, diff_id, root, target=Target.FLAT, name=str(diff_id))
+        for blob, media_type, diff_id in layers
+    ]

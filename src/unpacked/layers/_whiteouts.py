@@ -1,0 +1,149 @@
+"""Whiteouts and opaque markers: a small closed choice of what to do with them.
+
+- ``RESOLVE`` (FLAT): ``.wh.NAME`` removes NAME of the lower layers; an opaque
+  marker ``.wh..wh..opq`` removes everything of the lower layers in its
+  directory, whatever the order of the marker and its siblings in the tar.
+  What this same layer created is never removed (OCI: whiteouts apply to lower
+  layers only).
+- ``OVERLAY`` (LAYERFS as root): ``.wh.NAME`` becomes a 0/0 character device
+  NAME, an opaque marker the ``trusted.overlay.opaque=y`` xattr of its
+  directory: the form overlayfs reads in a lower directory.
+- ``KEEP`` (LAYERFS otherwise): the ``.wh.`` entries stay ordinary files; the
+  caller records that choice.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+import tarfile
+
+from unpacked.errors import UnsafeLayerError
+from unpacked.layers import _entries
+from unpacked.layers._entries import Context, Place
+from unpacked.layers._fs import OPAQUE_XATTR
+from unpacked.layers._paths import Parts, display
+
+PREFIX = ".wh."
+OPAQUE = ".wh..wh..opq"
+# aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs): not content, docker drops it too.
+_AUFS_META = ".wh..wh."
+
+
+class Whiteouts(enum.Enum):
+    RESOLVE = "resolved"
+    OVERLAY = "overlay"
+    KEEP = "wh-files"
+
+
+def _under_aufs_metadata(parts: Parts) -> bool:
+    return any(part.startswith(_AUFS_META) for part in parts[:-1])
+
+
+def concerns(parts: Parts) -> bool:
+    """Whether the entry at ``parts`` is a whiteout, an opaque marker or aufs metadata."""
+    return parts[-1].startswith(PREFIX) or _under_aufs_metadata(parts)
+
+
+def apply(ctx: Context, mode: Whiteouts, member: tarfile.TarInfo, parts: Parts) -> None:
+    """Handle an entry for which ``concerns`` is true (mode is not KEEP)."""
+    base = parts[-1]
+    if _under_aufs_metadata(parts) or (base.startswith(_AUFS_META) and base != OPAQUE):
+        ctx.report.skip(display(parts), "aufs metadata")
+        return
+    if base == OPAQUE:
+        _opaque(ctx, mode, parts[:-1])
+        return
+    name = base[len(PREFIX) :]
+    if name in ("", ".", ".."):
+        raise UnsafeLayerError(f"layer {ctx.layer}: whiteout {member.name!r} names no file")
+    if mode is Whiteouts.RESOLVE:
+        _remove(ctx, parts[:-1], name)
+    else:
+        _overlay_whiteout(ctx, member, parts[:-1], name)
+
+
+def _remove(ctx: Context, parent: Parts, name: str) -> None:
+    found = ctx.tree.directory(parent, create=False)
+    if found is None:
+        return  # nothing below to hide
+    fd, resolved = found
+    place = Place(fd, name, (*resolved, name))
+    assert ctx.upper is not None
+    if place.parts not in ctx.upper:
+        _entries.clear(ctx, place)
+
+
+def _opaque(ctx: Context, mode: Whiteouts, parent: Parts) -> None:
+    found = ctx.tree.directory(parent, create=True)
+    assert found is not None
+    fd, resolved = found
+    if mode is Whiteouts.OVERLAY:
+        os.setxattr(fd, OPAQUE_XATTR, b"y")
+        ctx.root_opaque = ctx.root_opaque or not resolved
+        return
+    assert ctx.upper is not None
+    _remove_lower_content(ctx, fd, resolved, ctx.upper)
+
+
+def _remove_lower_content(ctx: Context, fd: int, resolved: Parts, upper: set[Parts]) -> None:
+    """Remove, below directory ``resolved``, everything this layer did not create."""
+    pending = [resolved]
+    while pending:
+        current = pending.pop()
+        found = ctx.tree.directory(current, create=False) if current != resolved else (fd, current)
+        if found is None:
+            continue
+        for name in os.listdir(found[0]):
+            child = (*current, name)
+            if child not in upper:
+                _entries.clear(ctx, Place(found[0], name, child))
+                continue
+            st = os.stat(name, dir_fd=found[0], follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                # A directory of this layer that merged into a lower one: the
+                # lower part of it is hidden too.
+                pending.append(child)
+
+
+def _overlay_whiteout(ctx: Context, member: tarfile.TarInfo, parent: Parts, name: str) -> None:
+    found = ctx.tree.directory(parent, create=True)
+    assert found is not None
+    place = Place(found[0], name, (*found[1], name))
+    _entries.clear(ctx, place)
+    _whiteout_device(ctx, place.dir_fd, name, member.uid, member.gid)
+    os.utime(name, ns=_entries.times(member), dir_fd=place.dir_fd, follow_symlinks=False)
+
+
+def _whiteout_device(ctx: Context, dir_fd: int, name: str, uid: int, gid: int) -> None:
+    # Mode 0, as docker and the kernel itself make them.
+    os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=dir_fd)
+    ctx.fs.chown_at(dir_fd, name, uid, gid)
+
+
+def spell_out_root_opaque(ctx: Context) -> None:
+    """OVERLAY: make an opaque marker in the layer's root effective.
+
+    overlayfs ignores the opaque xattr on the root of a layer (a root is never
+    looked up in the layer below), so every entry of the lower root is whited
+    out instead, and a directory of this layer that would merge with a lower
+    one is made opaque itself. That needs the lower tree.
+    """
+    if ctx.lower is None:
+        ctx.report.warn(
+            "opaque marker in the layer root cannot take effect without the lower tree", ""
+        )
+        return
+    root = ctx.tree.root_fd
+    for name in os.listdir(ctx.lower.root_fd):
+        below = os.stat(name, dir_fd=ctx.lower.root_fd, follow_symlinks=False)
+        try:
+            here = os.stat(name, dir_fd=root, follow_symlinks=False)
+        except FileNotFoundError:
+            _whiteout_device(ctx, root, name, 0, 0)
+            continue
+        if stat.S_ISDIR(here.st_mode) and stat.S_ISDIR(below.st_mode):
+            found = ctx.tree.directory((name,), create=False)
+            assert found is not None
+            os.setxattr(found[0], OPAQUE_XATTR, b"y")
