@@ -11,15 +11,26 @@ import argparse
 import json
 import logging
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from unpacked import __version__, errors
+from unpacked.convert import (
+    ConvertOptions,
+    ConvertResult,
+    LayerProgress,
+    convert_image,
+    record_failure,
+)
 from unpacked.platform import DEFAULT as DEFAULT_PLATFORM
 from unpacked.platform import Platform
+from unpacked.publish import open_publisher
 from unpacked.reference import parse as parse_reference
 from unpacked.registry import RegistryClient, RegistryOptions
+from unpacked.stats import RepositoryStats, repository_stats
 from unpacked.summary import ImageSummary, summarize
 
 logger = logging.getLogger("unpacked")
@@ -131,6 +142,126 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_convert_single_image(args: argparse.Namespace) -> int:
+    reference = parse_reference(args.reference)
+    publisher = open_publisher(args.repo)
+    options = ConvertOptions(
+        platform=Platform.parse(args.platform),
+        skip_flat=args.skip_flat,
+        skip_layers=args.skip_layers,
+    )
+    progress = _Progress() if sys.stderr.isatty() and not args.json and not args.quiet else None
+    try:
+        with RegistryClient(_registry_options(args)) as client:
+            result = convert_image(
+                reference, client=client, publisher=publisher, options=options, progress=progress
+            )
+    except errors.UnpackedError as exc:
+        record_failure(publisher, reference, exc)
+        if args.json:
+            _print_json({"reference": str(reference), "outcome": "failed", "error": str(exc)})
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.json:
+        _print_json(_result_json(result))
+    else:
+        print(_render_result(result, publisher.root))
+    return EXIT_OK
+
+
+def _result_json(result: ConvertResult) -> dict[str, Any]:
+    return {
+        "reference": str(result.reference),
+        "outcome": result.outcome.value,
+        "digest": str(result.digest),
+        "imageId": str(result.image_id),
+        "platform": str(result.platform),
+        "publicLink": None if result.public_link is None else str(result.public_link),
+        "layersUnpacked": [str(d) for d in result.layers_unpacked],
+        "layersReused": [str(d) for d in result.layers_reused],
+        "bytesDownloaded": result.bytes_downloaded,
+        "warnings": list(result.warnings),
+        "seconds": round(result.seconds, 3),
+    }
+
+
+def _render_result(result: ConvertResult, root: Path) -> str:
+    lines = [f"{result.reference}: {result.outcome.value} ({result.digest})"]
+    if result.public_link is not None:
+        lines.append(f"  image:  {root / result.public_link}")
+    lines.append(f"  id:     {result.image_id} ({result.platform})")
+    if result.layers_unpacked or result.layers_reused:
+        lines.append(
+            f"  layers: {len(result.layers_unpacked)} unpacked, {len(result.layers_reused)} "
+            f"already present; {_human_bytes(result.bytes_downloaded)} downloaded "
+            f"in {result.seconds:.1f} s"
+        )
+    lines += [f"  warning: {warning}" for warning in result.warnings]
+    return "\n".join(lines)
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    publisher = open_publisher(args.repo)
+    stats = repository_stats(publisher.root)
+    if args.json:
+        _print_json(stats.to_json())
+    else:
+        print(_render_stats(stats))
+    return EXIT_OK
+
+
+def _render_stats(stats: RepositoryStats) -> str:
+    lines = [
+        f"images (public links): {stats.images}",
+        f"flat trees:            {stats.flat_trees}",
+        f"layers:                {stats.layers}",
+        f"bytes (inodes once):   {_human_bytes(stats.bytes)}",
+        f"entries:               {stats.entries}",
+        f"catalogs (markers):    {stats.catalogs}",
+        "largest catalogs:",
+    ]
+    lines += [f"  {c.entries:>10}  {c.path}" for c in stats.largest_catalogs]
+    return "\n".join(lines)
+
+
+class _Progress:
+    """One status line on a terminal, updated at most ten times a second (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._started: dict[str, float] = {}
+        self._last = 0.0
+        self._width = 0
+
+    def __call__(self, event: LayerProgress) -> None:
+        with self._lock:
+            key = event.digest.hex[:12]
+            now = time.monotonic()
+            started = self._started.setdefault(key, now)
+            if event.phase == "download" and now - self._last < 0.1 and event.done < event.total:
+                return
+            self._last = now
+            rate = event.done / max(now - started, 1e-3)
+            line = (
+                f"{event.phase:>8} {key}  {_human_bytes(event.done)} / "
+                f"{_human_bytes(event.total)}  {_human_bytes(int(rate))}/s"
+            )
+            self._write(line)
+
+    def _write(self, line: str) -> None:
+        sys.stderr.write("\r" + line.ljust(self._width))
+        sys.stderr.flush()
+        self._width = len(line)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._width:
+                sys.stderr.write("\r" + " " * self._width + "\r")
+                sys.stderr.flush()
+
+
 def _render_summary(summary: ImageSummary) -> str:
     rows = [
         ("Reference", summary.reference),
@@ -192,7 +323,45 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     _add_registry_options(inspect)
     inspect.set_defaults(handler=_cmd_inspect)
+
+    convert = commands.add_parser(
+        "convert-single-image",
+        help="publish one image into a repository",
+        description="Publish one image (its layers, its flat tree, metadata and public link) "
+        "into a repository in one transaction. An image that did not change costs one "
+        "manifest HEAD request.",
+    )
+    convert.add_argument("reference", help="image reference, e.g. ubuntu:22.04")
+    _add_repo_option(convert)
+    convert.add_argument(
+        "--skip-flat", action="store_true", help="do not build the flat tree (layers only)"
+    )
+    convert.add_argument(
+        "--skip-layers", action="store_true", help="do not store layer directories (flat only)"
+    )
+    convert.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_registry_options(convert)
+    convert.set_defaults(handler=_cmd_convert_single_image)
+
+    stats = commands.add_parser(
+        "stats",
+        help="summarise a repository",
+        description="Images, layers, bytes (each inode once) and the largest would-be "
+        "CernVM-FS catalogs of a repository.",
+    )
+    _add_repo_option(stats)
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+    stats.set_defaults(handler=_cmd_stats)
     return parser
+
+
+def _add_repo_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--repo",
+        required=True,
+        metavar="BACKEND:WHERE",
+        help="the repository: dir:/path/to/directory",
+    )
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
