@@ -19,6 +19,7 @@ APT_PACKAGES=(
     "python3-pip:/usr/bin/pip3"
     "openssl:/usr/bin/openssl"
     "ca-certificates:/etc/ssl/certs/ca-certificates.crt"
+    "time:/usr/bin/time"
 )
 
 say() {

@@ -1,0 +1,182 @@
+"""Measuring helpers shared by the benchmarks: timed child processes, medians, tables.
+
+Peak memory of a child is measured by GNU ``time`` (``/usr/bin/time -f %M``),
+which forks the command from its own tiny process. Measuring from here instead
+would be wrong twice over: ``RUSAGE_CHILDREN`` keeps the maximum over all
+children ever waited for, and even a child's own ``ru_maxrss`` (from
+``wait4``) starts at this process's peak, because Linux records the
+high-water mark of the address space a child replaces at ``exec`` — and a
+child forked (or vforked) from a benchmark that holds a generated image in
+memory replaces a big one. Without GNU ``time``, ``wait4`` is used and the
+numbers are flagged as upper bounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+REPO = Path(__file__).resolve().parent.parent
+"""The repository root; ``tests/`` is put on ``sys.path`` for the test-support builders."""
+
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
+
+
+class BenchError(RuntimeError):
+    """A measured command failed; the message carries its stderr."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured run: wall seconds and the peak RSS of its largest process (bytes)."""
+
+    seconds: float
+    peak_rss: int
+
+
+def _rss_bytes(maxrss_kib: int) -> int:
+    # Linux reports ru_maxrss in KiB.
+    return maxrss_kib * 1024
+
+
+def run_measured(
+    commands: Sequence[Sequence[str]], *, timeout: float = 1800.0, cwd: Path | None = None
+) -> Sample:
+    """Run ``commands`` as one pipeline (each stdout into the next stdin); time it.
+
+    Raises ``BenchError`` naming the failed stage and its stderr if any stage
+    fails, or if the deadline passes (the pipeline is then killed).
+    """
+    with contextlib.ExitStack() as stack:
+        start = time.perf_counter()
+        stages: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+        rss_files: list[str] = []
+        previous: IO[bytes] | None = None
+        for index, command in enumerate(commands):
+            last = index == len(commands) - 1
+            # stderr into a file: a pipe nobody reads while waiting could fill and block.
+            errors = stack.enter_context(tempfile.TemporaryFile())
+            rss_file = stack.enter_context(tempfile.NamedTemporaryFile())
+            rss_files.append(rss_file.name)
+            process = subprocess.Popen(
+                _rss_wrapper(rss_file.name) + list(command),
+                stdin=previous if previous is not None else subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL if last else subprocess.PIPE,
+                stderr=errors,
+                cwd=cwd,
+            )
+            if previous is not None:
+                previous.close()  # the next stage owns the pipe now
+            previous = process.stdout
+            stages.append((process, errors))
+        peak = _wait_all(stages, start + timeout)
+        seconds = time.perf_counter() - start
+        if GNU_TIME is not None:
+            peak = max(_read_rss(path) for path in rss_files)
+        return Sample(seconds, peak)
+
+
+GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
+RSS_IS_EXACT = GNU_TIME is not None
+"""False when peaks come from ``wait4`` and include this process's own peak."""
+
+
+def _rss_wrapper(path: str) -> list[str]:
+    return [GNU_TIME, "--format=%M", f"--output={path}"] if GNU_TIME is not None else []
+
+
+def _read_rss(path: str) -> int:
+    # GNU time writes "Command exited with non-zero status N" before the value on failure.
+    lines = Path(path).read_text().split()
+    return _rss_bytes(int(lines[-1]))
+
+
+def _wait_all(stages: list[tuple[subprocess.Popen[bytes], IO[bytes]]], deadline: float) -> int:
+    peak = 0
+    failures = []
+    processes = [process for process, _ in stages]
+    for process, errors in stages:
+        status, maxrss = _wait4(process, deadline, processes)
+        peak = max(peak, _rss_bytes(maxrss))
+        process.returncode = os.waitstatus_to_exitcode(status)
+        if process.returncode != 0:
+            errors.seek(0)
+            stderr = errors.read().decode(errors="replace").strip()
+            failures.append(f"{_show(process)} exited {process.returncode}: {stderr}")
+    if failures:
+        raise BenchError("; ".join(failures))
+    return peak
+
+
+def _show(process: subprocess.Popen[bytes]) -> str:
+    args = process.args
+    return " ".join(map(str, args)) if isinstance(args, list) else str(args)
+
+
+def _wait4(
+    process: subprocess.Popen[bytes], deadline: float, everyone: list[subprocess.Popen[bytes]]
+) -> tuple[int, int]:
+    """The exit status and peak RSS (KiB) of ``process``, polling until ``deadline``."""
+    while True:
+        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        if pid == process.pid:
+            return status, usage.ru_maxrss
+        if time.perf_counter() > deadline:
+            for other in everyone:
+                if other.returncode is None:
+                    other.kill()
+            raise BenchError(f"{_show(process)} did not finish in time")
+        time.sleep(0.005)
+
+
+@dataclass(frozen=True)
+class Result:
+    """The repeated samples of one contender, summarised by the median."""
+
+    name: str
+    samples: tuple[Sample, ...]
+    note: str = ""
+
+    @property
+    def seconds(self) -> float:
+        return statistics.median(s.seconds for s in self.samples)
+
+    @property
+    def peak_rss(self) -> int:
+        return int(statistics.median(s.peak_rss for s in self.samples))
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "median_seconds": round(self.seconds, 4),
+            "median_peak_rss_bytes": self.peak_rss,
+            "samples": [
+                {"seconds": round(s.seconds, 4), "peak_rss_bytes": s.peak_rss} for s in self.samples
+            ],
+            "note": self.note,
+        }
+
+
+def mib(size: int) -> str:
+    return f"{size / (1 << 20):.1f} MiB"
+
+
+def table(rows: Sequence[Sequence[str]]) -> str:
+    """Rows of cells as an aligned plain-text table; the first row is the header."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(line.rstrip() for line in lines)

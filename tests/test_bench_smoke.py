@@ -1,0 +1,42 @@
+"""The layer benchmark runs end to end on a tiny image (its numbers are not checked)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "unpack_layers.py"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the benchmark unpacks owners and devices: root")
+@pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in ("skopeo", "umoci", "docker-registry")),
+    reason="skopeo, umoci and docker-registry are needed",
+)
+def test_benchmark_runs_on_a_tiny_image(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    options = ["--size-mb", "0.3", "--files", "60", "--layers", "3", "--repeat", "1"]
+    result = subprocess.run(
+        [sys.executable, str(BENCH), *options, "--out", str(out), "--workdir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "identical (up to the intended differences)" in result.stdout
+    (written,) = out.glob("unpack_layers-*.json")
+    summary = json.loads(written.read_text())
+    assert [r["name"][0] for r in summary["results"]] == ["a", "b", "c"]
+    for contender in summary["results"]:
+        assert contender["median_seconds"] > 0
+        assert contender["median_peak_rss_bytes"] > 0
+    assert set(summary["ratios"]) == {"a/b", "a/c"}
+    # Everything it started or wrote is gone, the JSON results aside.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
