@@ -1,0 +1,199 @@
+"""Convert a whole wish list: expand wildcards, convert every image, never stop at one failure.
+
+Images of one registry are converted one after another; registries proceed in parallel
+(a bounded pool), so a slow or failing registry does not hold up the others, and the
+registry client's per-registry limits still apply. Every image gets a bounded number
+of attempts with backoff for errors that may pass (network, rate limits, a busy
+repository lock); errors that will not pass (not found, refused, a broken layer) fail
+at once. A stop request (``threading.Event``) is honoured between images, never in
+the middle of publishing one.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+from unpacked import errors
+from unpacked.convert import ConvertOptions, ConvertResult, convert_image, record_failure
+from unpacked.publish import Publisher
+from unpacked.reference import Reference
+from unpacked.registry import RegistryClient
+from unpacked.wishlist import Wish, WishList
+
+logger = logging.getLogger(__name__)
+
+# Errors that a later attempt cannot fix: retrying them only delays the report.
+_FINAL_ERRORS: tuple[type[errors.UnpackedError], ...] = (
+    errors.NotFoundError,
+    errors.AuthenticationError,
+    errors.InvalidReferenceError,
+    errors.ConfigError,
+    errors.LayerError,
+)
+
+
+@dataclass(frozen=True)
+class ImageOutcome:
+    """What happened to one concrete image of the wish list."""
+
+    wish: Wish
+    reference: Reference
+    outcome: str  # "added" | "updated" | "unchanged" | "failed"
+    attempts: int
+    error: str | None = None
+    result: ConvertResult | None = None
+
+
+@dataclass(frozen=True)
+class ExpansionFailure:
+    """A wildcard whose tags could not be listed: its published images are kept as they are."""
+
+    wish: Wish
+    error: str
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    images: tuple[ImageOutcome, ...]
+    expansion_failures: tuple[ExpansionFailure, ...] = ()
+    stopped: bool = False
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for image in self.images if image.outcome == outcome)
+
+    @property
+    def failed(self) -> bool:
+        """Whether anything failed that the wish list did not allow to fail."""
+        failures = [i.wish for i in self.images if i.outcome == "failed"]
+        failures += [f.wish for f in self.expansion_failures]
+        return any(not wish.ignore_errors for wish in failures)
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    convert: ConvertOptions = field(default_factory=ConvertOptions)
+    attempts: int = 3
+    backoff: float = 5.0
+    """Seconds before the second attempt; doubled for each further one (with jitter)."""
+    parallel_registries: int = 4
+
+
+@dataclass(frozen=True)
+class Job:
+    wish: Wish
+    reference: Reference
+
+
+def expand_wish(wish: Wish, client: RegistryClient) -> list[Reference]:
+    """The concrete references of a wish: itself, or every matching tag of a wildcard."""
+    if not wish.reference.is_wildcard:
+        return [wish.reference]
+    tags = client.list_tags(wish.reference)
+    return [wish.reference.with_tag(tag) for tag in sorted(tags) if wish.reference.matches_tag(tag)]
+
+
+def plan_jobs(
+    wishes: Iterable[Wish], client: RegistryClient
+) -> tuple[list[Job], list[ExpansionFailure]]:
+    """Expand every wish; a listing failure is reported, never taken as "no tags"."""
+    jobs: list[Job] = []
+    failures: list[ExpansionFailure] = []
+    seen: set[Reference] = set()
+    for wish in wishes:
+        try:
+            references = expand_wish(wish, client)
+        except errors.UnpackedError as exc:
+            logger.error("%s (line %d): cannot list tags: %s", wish.text, wish.line, exc)
+            failures.append(ExpansionFailure(wish, str(exc)))
+            continue
+        for reference in references:
+            if reference not in seen:  # a tag named explicitly and matched by a wildcard
+                seen.add(reference)
+                jobs.append(Job(wish, reference))
+    return jobs, failures
+
+
+def convert_wishlist(
+    wishlist: WishList,
+    *,
+    client: RegistryClient,
+    publisher: Publisher,
+    options: BatchOptions = BatchOptions(),
+    stop: threading.Event | None = None,
+    sleep: Callable[[float], bool] | None = None,
+) -> BatchReport:
+    """Convert every image of ``wishlist``; failures are collected, not raised."""
+    stop = stop or threading.Event()
+    wait = sleep or stop.wait  # returns True when stopping: the backoff ends early
+    jobs, failures = plan_jobs(wishlist.wishes, client)
+    by_registry: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_registry.setdefault(job.reference.registry, []).append(job)
+    runner = _Runner(client, publisher, options, stop, wait)
+    workers = max(1, min(options.parallel_registries, len(by_registry)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="registry") as pool:
+        batches = list(pool.map(runner.run_all, by_registry.values()))
+    outcomes = tuple(outcome for batch in batches for outcome in batch)
+    return BatchReport(outcomes, tuple(failures), stopped=stop.is_set())
+
+
+@dataclass
+class _Runner:
+    client: RegistryClient
+    publisher: Publisher
+    options: BatchOptions
+    stop: threading.Event
+    wait: Callable[[float], bool]
+
+    def run_all(self, jobs: list[Job]) -> list[ImageOutcome]:
+        outcomes = []
+        for job in jobs:
+            if self.stop.is_set():
+                break
+            outcomes.append(self.run(job))
+        return outcomes
+
+    def run(self, job: Job) -> ImageOutcome:
+        convert_options = _options_for(job.wish, self.options.convert)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                result = convert_image(
+                    job.reference,
+                    client=self.client,
+                    publisher=self.publisher,
+                    options=convert_options,
+                )
+            except errors.UnpackedError as exc:
+                if self._give_up(job, exc, attempt):
+                    record_failure(self.publisher, job.reference, exc)
+                    return ImageOutcome(job.wish, job.reference, "failed", attempt, str(exc))
+                continue
+            return ImageOutcome(
+                job.wish, job.reference, result.outcome.value, attempt, None, result
+            )
+
+    def _give_up(self, job: Job, exc: errors.UnpackedError, attempt: int) -> bool:
+        if isinstance(exc, _FINAL_ERRORS) or attempt >= self.options.attempts:
+            logger.error("%s: failed (attempt %d): %s", job.reference, attempt, exc)
+            return True
+        delay = self.options.backoff * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)  # noqa: S311
+        logger.warning(
+            "%s: attempt %d failed (%s); retrying in %.0f s", job.reference, attempt, exc, delay
+        )
+        return self.wait(delay)  # a stop request ends the retries
+
+
+def _options_for(wish: Wish, base: ConvertOptions) -> ConvertOptions:
+    return replace(
+        base,
+        platform=wish.platforms[0] if wish.platforms else base.platform,
+        skip_flat=base.skip_flat or wish.skip_flat,
+        skip_layers=base.skip_layers or wish.skip_layers,
+    )

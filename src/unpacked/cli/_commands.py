@@ -1,0 +1,247 @@
+"""One function per command: parse what the library needs from ``args``, call it, render."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from unpacked import errors
+from unpacked.batch import BatchOptions, BatchReport, convert_wishlist, expand_wish
+from unpacked.cli import _render as render
+from unpacked.cli._options import publisher_for, registry_options
+from unpacked.convert import ConvertOptions, convert_image, record_failure
+from unpacked.platform import Platform
+from unpacked.reference import parse as parse_reference
+from unpacked.registry import RegistryClient
+from unpacked.stats import repository_stats
+from unpacked.status import list_statuses
+from unpacked.summary import summarize
+from unpacked.wishlist import Wish, WishList, load
+
+logger = logging.getLogger("unpacked")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_INPUT = 3
+
+
+def inspect(args: argparse.Namespace) -> int:
+    reference = parse_reference(args.reference)
+    with RegistryClient(registry_options(args)) as client:
+        resolved = client.resolve_image(reference, Platform.parse(args.platform))
+    summary = summarize(resolved)
+    if args.json:
+        render.print_json(summary.to_json())
+    else:
+        render.print_text(render.summary_text(summary))
+    return EXIT_OK
+
+
+def _convert_options(args: argparse.Namespace) -> ConvertOptions:
+    return ConvertOptions(
+        platform=Platform.parse(args.platform),
+        skip_flat=args.skip_flat,
+        skip_layers=args.skip_layers,
+    )
+
+
+def convert_single_image(args: argparse.Namespace) -> int:
+    reference = parse_reference(args.reference)
+    publisher = publisher_for(args.repo)
+    options = _convert_options(args)
+    progress = render.Progress() if _interactive(args) else None
+    try:
+        with RegistryClient(registry_options(args)) as client:
+            result = convert_image(
+                reference, client=client, publisher=publisher, options=options, progress=progress
+            )
+    except errors.UnpackedError as exc:
+        record_failure(publisher, reference, exc)
+        if args.json:
+            render.print_json({"reference": str(reference), "outcome": "failed", "error": str(exc)})
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+    if args.json:
+        render.print_json(render.result_json(result))
+    else:
+        render.print_text(render.result_text(result, publisher.root))
+    return EXIT_OK
+
+
+def _interactive(args: argparse.Namespace) -> bool:
+    return sys.stderr.isatty() and not args.json and not args.quiet
+
+
+def stats(args: argparse.Namespace) -> int:
+    result = repository_stats(publisher_for(args.repo).root)
+    if args.json:
+        render.print_json(result.to_json())
+    else:
+        render.print_text(render.stats_text(result))
+    return EXIT_OK
+
+
+def status(args: argparse.Namespace) -> int:
+    statuses = list_statuses(publisher_for(args.repo).root)
+    if args.json:
+        render.print_json([render.status_json(s) for s in statuses])
+    else:
+        render.print_text(render.statuses_text(statuses))
+    return EXIT_OK
+
+
+def _load_wishlist(args: argparse.Namespace) -> WishList:
+    wishlist = load(Path(args.wishlist), strict=args.strict)
+    for warning in wishlist.warnings:
+        logger.warning("%s", warning)
+    return wishlist
+
+
+def _batch_options(args: argparse.Namespace) -> BatchOptions:
+    return BatchOptions(convert=_convert_options(args), attempts=args.attempts)
+
+
+def convert(args: argparse.Namespace) -> int:
+    wishlist = _load_wishlist(args)
+    if args.dry_run:
+        return _dry_run(args, wishlist)
+    publisher = publisher_for(args.repo, wishlist.repository)
+    with RegistryClient(registry_options(args)) as client, _stop_on_signals() as stop:
+        report = convert_wishlist(
+            wishlist, client=client, publisher=publisher, options=_batch_options(args), stop=stop
+        )
+    _render_batch(args, report)
+    return EXIT_FAILURE if report.failed or report.stopped else EXIT_OK
+
+
+def _render_batch(args: argparse.Namespace, report: BatchReport) -> None:
+    if args.json:
+        render.print_json(render.batch_json(report))
+    else:
+        render.print_text(render.batch_text(report))
+
+
+def loop(args: argparse.Namespace) -> int:
+    """``convert`` every ``--interval`` until SIGTERM/SIGINT; the wish list is re-read each time."""
+    with _stop_on_signals() as stop, RegistryClient(registry_options(args)) as client:
+        while not stop.is_set():
+            _loop_cycle(args, client, stop)
+            if stop.wait(args.interval):
+                break
+    logger.info("loop stopped")
+    return EXIT_OK
+
+
+def _loop_cycle(args: argparse.Namespace, client: RegistryClient, stop: threading.Event) -> None:
+    # A service keeps running through a bad cycle: the wish list may be fixed by the next
+    # merge request, a registry may come back.
+    try:
+        wishlist = _load_wishlist(args)
+        publisher = publisher_for(args.repo, wishlist.repository)
+        report = convert_wishlist(
+            wishlist, client=client, publisher=publisher, options=_batch_options(args), stop=stop
+        )
+    except errors.UnpackedError as exc:
+        logger.error("cycle failed: %s", exc)
+        return
+    _render_batch(args, report)
+    sys.stdout.flush()
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT, so work stops between images, never mid-publish."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        logger.warning("%s received: stopping after the current image", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield stop
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@dataclass(frozen=True)
+class _Check:
+    text: str
+    line: int | None
+    ok: bool
+    detail: str
+
+
+def _dry_run(args: argparse.Namespace, wishlist: WishList) -> int:
+    """Every image exists in its registry (manifest HEAD; a wildcard lists its tags)."""
+    with RegistryClient(registry_options(args)) as client:
+        checks = [_check_wish(client, wish) for wish in wishlist.wishes]
+    _render_checks(args, checks)
+    pairs = zip(checks, wishlist.wishes, strict=True)
+    failed = [check for check, wish in pairs if not check.ok and not wish.ignore_errors]
+    return EXIT_FAILURE if failed else EXIT_OK
+
+
+def _check_wish(client: RegistryClient, wish: Wish) -> _Check:
+    try:
+        if wish.reference.is_wildcard:
+            matches = expand_wish(wish, client)
+            if not matches:
+                return _Check(wish.text, wish.line, False, "the wildcard matches no tag")
+            return _Check(wish.text, wish.line, True, f"{len(matches)} tags")
+        descriptor = client.head_manifest(wish.reference)
+    except errors.UnpackedError as exc:
+        return _Check(wish.text, wish.line, False, str(exc))
+    return _Check(wish.text, wish.line, True, str(descriptor.digest))
+
+
+def _render_checks(args: argparse.Namespace, checks: list[_Check]) -> None:
+    if args.json:
+        render.print_json([c.__dict__ for c in checks])
+        return
+    for check in checks:
+        where = f"line {check.line}: " if check.line else ""
+        render.print_text(f"{'ok  ' if check.ok else 'FAIL'} {where}{check.text}: {check.detail}")
+
+
+def check_image_syntax(args: argparse.Namespace) -> int:
+    """Validate wish lists (files) and references (anything that is not a file)."""
+    checks = [_check_syntax(item, args.strict) for item in args.items]
+    _render_checks(args, checks)
+    return EXIT_OK if all(check.ok for check in checks) else EXIT_INPUT
+
+
+def _check_syntax(item: str, strict: bool) -> _Check:
+    try:
+        if Path(item).is_file():
+            wishlist = load(Path(item), strict=strict)
+            warnings = "".join(f"\n    warning: {w}" for w in wishlist.warnings)
+            return _Check(item, None, True, f"{len(wishlist.wishes)} images{warnings}")
+        return _Check(item, None, True, str(parse_reference(item)))
+    except errors.UnpackedError as exc:
+        return _Check(item, None, False, str(exc))
+
+
+def expand_wildcard(args: argparse.Namespace) -> int:
+    reference = parse_reference(args.reference)
+    wish = Wish(reference, args.reference, 0, ())
+    with RegistryClient(registry_options(args)) as client:
+        references = expand_wish(wish, client)
+    if args.yaml:
+        render.print_text("\n".join(f"  - '{ref.url_form()}'" for ref in references))
+    elif args.json:
+        render.print_json([str(ref) for ref in references])
+    else:
+        render.print_text("\n".join(str(ref) for ref in references))
+    return EXIT_OK

@@ -1,0 +1,105 @@
+"""Command-line options shared by several commands, and their conversion to library values."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from unpacked import errors
+from unpacked.platform import DEFAULT as DEFAULT_PLATFORM
+from unpacked.publish import Publisher, open_publisher
+from unpacked.registry import RegistryOptions
+
+_DURATION_RE = re.compile(r"^(?P<number>\d+(?:\.\d+)?)(?P<unit>[smhd]?)$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def add_registry_options(parser: argparse.ArgumentParser, *, platform: bool = True) -> None:
+    group = parser.add_argument_group("registry access")
+    if platform:
+        group.add_argument(
+            "--platform",
+            default=str(DEFAULT_PLATFORM),
+            help="platform to select from an index: os/arch[/variant] (default: %(default)s)",
+        )
+    group.add_argument(
+        "--auth-file",
+        type=Path,
+        help="docker config.json with credentials "
+        "(default: $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json, ~/.docker/config.json)",
+    )
+    group.add_argument("--ca-bundle", type=Path, help="PEM file of CA certificates to trust")
+    group.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="reach this registry over plain HTTP (repeatable); "
+        "localhost and 127.0.0.0/8 are plain HTTP already",
+    )
+    group.add_argument(
+        "--mirror",
+        action="append",
+        default=[],
+        metavar="REGISTRY=URL",
+        help="pull REGISTRY's images through this mirror endpoint (repeatable)",
+    )
+    group.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds per request (default: %(default)s)"
+    )
+
+
+def registry_options(args: argparse.Namespace) -> RegistryOptions:
+    mirrors: dict[str, str] = {}
+    for item in args.mirror:
+        registry, sep, url = item.partition("=")
+        if not sep or not registry or not url:
+            raise errors.ConfigError(f"--mirror {item!r}: expected REGISTRY=URL")
+        mirrors[registry] = url
+    return RegistryOptions(
+        ca_bundle=args.ca_bundle,
+        insecure=frozenset(args.insecure_registry),
+        mirrors=mirrors,
+        timeout=args.timeout,
+        auth_file=args.auth_file,
+    )
+
+
+def add_repo_option(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument(
+        "--repo",
+        required=required,
+        metavar="BACKEND:WHERE",
+        help="the repository: dir:/path/to/directory"
+        + ("" if required else " (default: the wish list's 'repository')"),
+    )
+
+
+def add_skip_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--skip-flat", action="store_true", help="do not build flat trees (layers only)"
+    )
+    parser.add_argument(
+        "--skip-layers", action="store_true", help="do not store layer directories (flat only)"
+    )
+
+
+def publisher_for(repo: str | None, wishlist_repository: str | None = None) -> Publisher:
+    """The repository from ``--repo``, else the wish list's; an error when neither names one."""
+    spec = repo or wishlist_repository
+    if not spec:
+        raise errors.ConfigError(
+            "no repository: give --repo dir:/path (or 'repository:' in the wish list)"
+        )
+    return open_publisher(spec)
+
+
+def duration(text: str) -> float:
+    """Seconds from ``90``, ``30s``, ``15m``, ``2h`` or ``1d`` (argparse type)."""
+    match = _DURATION_RE.match(text.strip())
+    if match is None or float(match["number"]) <= 0:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: expected a positive number with s, m, h or d"
+        )
+    return float(match["number"]) * _UNIT_SECONDS[match["unit"]]

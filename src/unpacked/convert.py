@@ -1,0 +1,499 @@
+"""The conversion pipeline: one image reference in, one published image (or an error) out.
+
+    HEAD manifest ─▶ unchanged? ─yes─▶ status.json: last check ─▶ done (no blob requests)
+        │no
+    manifest (index → platform) + config
+        │
+    one transaction:
+        download missing layers (in parallel, verified, to scratch files)
+        ─▶ each new layer unpacked once into .layers/<l2>/<l>/layerfs
+        ─▶ flat tree composed from the layer directories with hard links, plus the
+           Apptainer files ─▶ .flat/<c2>/<c>
+        ─▶ origin.json / layers.json of every layer, manifest.json, status.json
+        ─▶ public link swapped last
+
+Anything that fails inside the transaction leaves the repository as it was.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from unpacked import layout
+from unpacked.apptainer import prepare_sandbox
+from unpacked.digest import Digest
+from unpacked.errors import ConfigError, PublishError, UnpackedError
+from unpacked.layers import Target, unpack_layer
+from unpacked.layers._merge import merge_layer
+from unpacked.manifest import Descriptor, parse_manifest
+from unpacked.platform import DEFAULT, Platform
+from unpacked.publish import Publisher, Transaction
+from unpacked.records import (
+    ImageStatus,
+    LayerRecord,
+    merge_layer_records,
+    origin_json,
+    parse_layer_records,
+    parse_origin,
+    storage_layer_ids,
+)
+from unpacked.reference import Reference
+from unpacked.registry import BlobStream, RegistryClient, ResolvedImage
+from unpacked.status import read_status
+
+logger = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+
+
+class Outcome(enum.Enum):
+    ADDED = "added"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    platform: Platform = DEFAULT
+    skip_flat: bool = False
+    skip_layers: bool = False
+    download_workers: int = 3
+    lock_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class LayerProgress:
+    """A progress event: ``phase`` is "download", "unpack" or "done"."""
+
+    reference: Reference
+    digest: Digest
+    phase: str
+    done: int
+    total: int
+
+
+ProgressCallback = Callable[[LayerProgress], None]
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    reference: Reference
+    outcome: Outcome
+    digest: Digest
+    image_id: Digest
+    platform: Platform
+    public_link: PurePosixPath | None
+    layers_unpacked: tuple[Digest, ...] = ()
+    layers_reused: tuple[Digest, ...] = ()
+    bytes_downloaded: int = 0
+    warnings: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def convert_image(
+    reference: Reference,
+    *,
+    client: RegistryClient,
+    publisher: Publisher,
+    options: ConvertOptions = ConvertOptions(),
+    progress: ProgressCallback | None = None,
+    now: Callable[[], str] = _utc_now,
+) -> ConvertResult:
+    """Publish ``reference`` into ``publisher``'s repository, or find it up to date."""
+    _check_options(reference, options)
+    started = time.monotonic()
+    head = client.head_manifest(reference)
+    previous = read_status(publisher.root, reference)
+    if previous is not None and _is_current(publisher, reference, head, previous, options):
+        _touch(publisher, reference, previous, now(), options)
+        logger.info("%s: unchanged (%s)", reference, head.digest)
+        return ConvertResult(
+            reference,
+            Outcome.UNCHANGED,
+            head.digest,
+            Digest.parse(previous.image_id),
+            Platform.parse(previous.platform),
+            None if options.skip_flat else layout.public_link(reference),
+            seconds=time.monotonic() - started,
+        )
+    resolved = client.resolve_image(reference, options.platform)
+    job = _Job(reference, resolved, client, options, progress)
+    with publisher.transaction(lock_timeout=options.lock_timeout) as tx:
+        job.publish(tx, previous, now())
+    outcome = Outcome.ADDED if previous is None else Outcome.UPDATED
+    logger.info("%s: %s as %s", reference, outcome.value, resolved.image_id)
+    return job.result(outcome, time.monotonic() - started)
+
+
+def _check_options(reference: Reference, options: ConvertOptions) -> None:
+    if reference.is_wildcard:
+        raise ConfigError(f"{reference}: a wildcard reference must be expanded before converting")
+    if options.skip_flat and options.skip_layers:
+        raise ConfigError(f"{reference}: --skip-flat and --skip-layers leave nothing to publish")
+    if options.download_workers < 1:
+        raise ConfigError("download workers must be at least 1")
+
+
+def _is_current(
+    publisher: Publisher,
+    reference: Reference,
+    head: Descriptor,
+    status: ImageStatus,
+    options: ConvertOptions,
+) -> bool:
+    """Whether the published image is the one the registry serves now, and complete."""
+    if status.digest != str(head.digest):
+        return False
+    if not options.platform.matches(Platform.parse(status.platform)):
+        return False
+    image_id = Digest.parse(status.image_id)
+    if not options.skip_flat and not _link_points_to(publisher, reference, image_id):
+        return False
+    return options.skip_layers or _layers_present(publisher, reference)
+
+
+def _link_points_to(publisher: Publisher, reference: Reference, image_id: Digest) -> bool:
+    link = layout.public_link(reference)
+    expected = layout.relative_target(link, layout.flat_dir(image_id))
+    try:
+        return (
+            os.readlink(publisher.root / link) == str(expected)
+            and (publisher.root / layout.flat_dir(image_id)).is_dir()
+        )
+    except OSError:
+        return False
+
+
+def _layers_present(publisher: Publisher, reference: Reference) -> bool:
+    try:
+        manifest = parse_manifest((publisher.root / layout.manifest_file(reference)).read_bytes())
+    except (OSError, UnpackedError):
+        return False
+    return all(
+        (publisher.root / layout.layerfs_dir(layer.digest)).is_dir() for layer in manifest.layers
+    )
+
+
+def _touch(
+    publisher: Publisher,
+    reference: Reference,
+    status: ImageStatus,
+    checked: str,
+    options: ConvertOptions,
+) -> None:
+    updated = ImageStatus(**{**status.__dict__, "last_check": checked, "last_error": None})
+    with publisher.transaction(lock_timeout=options.lock_timeout) as tx:
+        tx.write_file(layout.status_file(reference), updated.to_bytes())
+
+
+def record_failure(
+    publisher: Publisher, reference: Reference, error: BaseException, when: str | None = None
+) -> None:
+    """Note ``error`` in the status of an image that was published before.
+
+    Never raises: a failure to record a failure is logged, and the original error is
+    what the caller reports.
+    """
+    status = read_status(publisher.root, reference)
+    if status is None:
+        return
+    when = when or _utc_now()
+    updated = ImageStatus(**{**status.__dict__, "last_check": when, "last_error": str(error)})
+    try:
+        with publisher.transaction(lock_timeout=60) as tx:
+            tx.write_file(layout.status_file(reference), updated.to_bytes())
+    except UnpackedError as exc:
+        logger.warning("%s: could not record the failure in status.json: %s", reference, exc)
+
+
+@dataclass
+class _LayerWork:
+    """One layer of the image being published."""
+
+    index: int
+    descriptor: Descriptor
+    diff_id: Digest
+    new: bool
+    layerfs: Path | None = None
+    whiteouts: str = "overlay"
+    diff_size: int = 0
+
+
+@dataclass
+class _Job:
+    """One image being published; lives for one transaction."""
+
+    reference: Reference
+    image: ResolvedImage
+    client: RegistryClient
+    options: ConvertOptions
+    progress: ProgressCallback | None
+    unpacked: list[Digest] = field(default_factory=list)
+    reused: list[Digest] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    downloaded: int = 0
+
+    def publish(self, tx: Transaction, previous: ImageStatus | None, when: str) -> None:
+        flat_rel = layout.flat_dir(self.image.image_id)
+        build_flat = not self.options.skip_flat and not tx.exists(flat_rel)
+        flat = tx.new_dir(flat_rel) if build_flat else None
+        work = self._plan(tx)
+        fetch = [i for i in work if i.new or (self.options.skip_layers and flat is not None)]
+        self.downloaded = sum({i.descriptor.digest: i.descriptor.size for i in fetch}.values())
+        with _Downloads(self, tx, fetch) as blobs:
+            if self.options.skip_layers:
+                if flat is not None:
+                    self._unpack_flat_only(work, blobs, flat)
+            else:
+                self._unpack_layers(tx, work, blobs, flat)
+        if not self.options.skip_layers:
+            _write_layer_records(tx, self.image, work, when)
+        if flat is not None:
+            self._finish_flat(flat)
+        self._write_metadata(tx, previous, when)
+
+    def result(self, outcome: Outcome, seconds: float) -> ConvertResult:
+        return ConvertResult(
+            self.reference,
+            outcome,
+            self.image.top.digest,
+            self.image.image_id,
+            self.image.platform,
+            None if self.options.skip_flat else layout.public_link(self.reference),
+            tuple(self.unpacked),
+            tuple(self.reused),
+            self.downloaded,
+            tuple(self.warnings),
+            seconds,
+        )
+
+    def _plan(self, tx: Transaction) -> list[_LayerWork]:
+        diff_ids = self.image.config.diff_ids
+        seen: set[Digest] = set()
+        work = []
+        for index, descriptor in enumerate(self.image.layers):
+            new = (
+                not self.options.skip_layers
+                and descriptor.digest not in seen
+                and not tx.exists(layout.layer_dir(descriptor.digest))
+            )
+            seen.add(descriptor.digest)
+            work.append(_LayerWork(index, descriptor, diff_ids[index], new))
+        return work
+
+    def _unpack_layers(
+        self, tx: Transaction, work: list[_LayerWork], blobs: _Downloads, flat: Path | None
+    ) -> None:
+        staged: dict[Digest, _LayerWork] = {}
+        for item in work:
+            digest = item.descriptor.digest
+            if item.new:
+                self._unpack_one(tx, item, blobs.wait(digest), flat)
+                staged[digest] = item
+            elif digest in staged:  # the same layer twice in one image
+                item.layerfs, item.whiteouts = staged[digest].layerfs, staged[digest].whiteouts
+            else:
+                item.layerfs = tx.read_path(layout.layerfs_dir(digest))
+                item.whiteouts = _stored_whiteouts(tx, item, self._layer_name(item))
+                self.reused.append(digest)
+            if flat is not None:
+                assert item.layerfs is not None
+                merge_layer(
+                    item.layerfs, flat, whiteouts=item.whiteouts, name=self._layer_name(item)
+                )
+
+    def _unpack_one(self, tx: Transaction, item: _LayerWork, blob: Path, flat: Path | None) -> None:
+        digest = item.descriptor.digest
+        layer_root = tx.new_dir(layout.layer_dir(digest))
+        item.layerfs = layer_root / "layerfs"
+        os.mkdir(item.layerfs, 0o755)
+        os.mkdir(layer_root / ".metadata", 0o755)
+        self._report(digest, "unpack", 0, item.descriptor.size)
+        with open(blob, "rb") as stream:
+            report = unpack_layer(
+                stream,
+                item.descriptor.media_type,
+                item.diff_id,
+                item.layerfs,
+                target=Target.LAYERFS,
+                lower=flat,
+                name=self._layer_name(item),
+            )
+        blob.unlink()  # not needed any more; keep it out of the commit's flush
+        (item.layerfs / layout.CATALOG_MARKER).touch()
+        item.whiteouts = report.whiteouts
+        item.diff_size = report.diff_size
+        self.warnings.extend(f"{self._layer_name(item)}: {w}" for w in report.warnings)
+        self.unpacked.append(digest)
+        self._report(digest, "done", item.descriptor.size, item.descriptor.size)
+
+    def _unpack_flat_only(self, work: list[_LayerWork], blobs: _Downloads, flat: Path) -> None:
+        for item in work:
+            blob = blobs.wait(item.descriptor.digest)
+            with open(blob, "rb") as stream:
+                report = unpack_layer(
+                    stream,
+                    item.descriptor.media_type,
+                    item.diff_id,
+                    flat,
+                    target=Target.FLAT,
+                    name=self._layer_name(item),
+                )
+            blob.unlink()
+            self.warnings.extend(f"{self._layer_name(item)}: {w}" for w in report.warnings)
+
+    def _finish_flat(self, flat: Path) -> None:
+        report = prepare_sandbox(flat, self.image.config)
+        self.warnings.extend(f"flat tree: {path}: {why}" for path, why in report.skipped)
+        marker = flat / layout.CATALOG_MARKER
+        if not marker.exists():
+            marker.touch()
+
+    def _write_metadata(self, tx: Transaction, previous: ImageStatus | None, when: str) -> None:
+        image = self.image
+        status = ImageStatus(
+            reference=str(self.reference),
+            digest=str(image.top.digest),
+            media_type=image.top.media_type,
+            manifest_digest=str(image.manifest_descriptor.digest),
+            image_id=str(image.image_id),
+            platform=str(image.platform),
+            last_check=when,
+            last_change=when,
+        )
+        tx.write_file(layout.manifest_file(self.reference), image.manifest_raw)
+        tx.write_file(layout.status_file(self.reference), status.to_bytes())
+        _write_catalog_markers(tx, image)
+        if not self.options.skip_flat:
+            link = layout.public_link(self.reference)
+            target = layout.relative_target(link, layout.flat_dir(image.image_id))
+            tx.set_symlink(link, str(target))
+
+    def _layer_name(self, item: _LayerWork) -> str:
+        count = len(self.image.layers)
+        return f"{item.descriptor.digest} ({item.index + 1}/{count} of {self.reference})"
+
+    def _report(self, digest: Digest, phase: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(LayerProgress(self.reference, digest, phase, done, total))
+
+
+def _stored_whiteouts(tx: Transaction, item: _LayerWork, name: str) -> str:
+    path = tx.read_path(layout.layer_record_file(item.descriptor.digest))
+    try:
+        records = parse_layer_records(path.read_bytes(), what=str(path))
+    except (OSError, ValueError) as exc:
+        raise PublishError(f"layer {name}: stored layer record unusable: {exc}") from exc
+    modes = {record.get("unpacked-whiteouts", "overlay") for record in records}
+    return "wh-files" if "wh-files" in modes else "overlay"
+
+
+def _write_layer_records(
+    tx: Transaction, image: ResolvedImage, work: list[_LayerWork], when: str
+) -> None:
+    """origin.json (this image added) and layers.json (this image's layer id) of each layer."""
+    ids = storage_layer_ids(image.config.diff_ids)
+    done: set[Digest] = set()
+    for item in work:
+        digest = item.descriptor.digest
+        record = LayerRecord(
+            ids[item.index], when, str(digest), str(item.diff_id), item.diff_size, item.whiteouts
+        )
+        if item.new and digest not in done:
+            staged = item.layerfs
+            assert staged is not None
+            metadata = staged.parent / ".metadata"
+            (metadata / "origin.json").write_bytes(origin_json([str(image.image_id)]))
+            records = merge_layer_records([], record)
+            assert records is not None
+            (metadata / "layers.json").write_bytes(records)
+        elif not item.new:
+            _update_layer_metadata(tx, digest, record, str(image.image_id))
+        done.add(digest)
+
+
+def _update_layer_metadata(
+    tx: Transaction, digest: Digest, record: LayerRecord, image_id: str
+) -> None:
+    origin_path = layout.layer_origin_file(digest)
+    origins = parse_origin(_read_optional(tx.read_path(origin_path)), what=str(origin_path))
+    if image_id not in origins:
+        tx.write_file(origin_path, origin_json(origins | {image_id}))
+    records_path = layout.layer_record_file(digest)
+    existing = parse_layer_records(
+        _read_optional(tx.read_path(records_path)), what=str(records_path)
+    )
+    updated = merge_layer_records(existing, record)
+    if updated is not None:
+        tx.write_file(records_path, updated)
+
+
+def _read_optional(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _write_catalog_markers(tx: Transaction, image: ResolvedImage) -> None:
+    """The top-level and super-directory ``.cvmfscatalog`` markers (DESIGN.md section 8)."""
+    dirs = {layout.FLAT, layout.flat_dir(image.image_id).parent, layout.LAYERS}
+    dirs |= {layout.layer_dir(layer.digest).parent for layer in image.layers}
+    for directory in sorted(dirs):
+        marker = directory / layout.CATALOG_MARKER
+        if not tx.exists(marker):
+            tx.write_file(marker, b"")
+
+
+class _Downloads:
+    """Blobs downloaded in parallel (a bounded pool) to scratch files, verified."""
+
+    def __init__(self, job: _Job, tx: Transaction, items: list[_LayerWork]) -> None:
+        self._job = job
+        self._scratch = tx.scratch_dir()
+        self._pool = ThreadPoolExecutor(
+            max_workers=job.options.download_workers, thread_name_prefix="download"
+        )
+        self._futures: dict[Digest, Future[Path]] = {}
+        for item in items:
+            digest = item.descriptor.digest
+            if digest not in self._futures:
+                self._futures[digest] = self._pool.submit(self._fetch, item.descriptor)
+
+    def __enter__(self) -> _Downloads:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # On failure, queued downloads are cancelled; running ones end with their stream.
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def wait(self, digest: Digest) -> Path:
+        return self._futures[digest].result()
+
+    def _fetch(self, descriptor: Descriptor) -> Path:
+        path = self._scratch / f"blob-{descriptor.digest.hex}"
+        job = self._job
+
+        def consume(stream: BlobStream) -> Path:
+            # Restartable: a retried fetch truncates and writes from the first byte.
+            with open(path, "wb") as out:
+                done = 0
+                while chunk := stream.read(_CHUNK):
+                    out.write(chunk)
+                    done += len(chunk)
+                    job._report(descriptor.digest, "download", done, descriptor.size)
+            return path
+
+        return job.client.fetch_blob(job.reference, descriptor, consume)

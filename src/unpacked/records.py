@@ -1,0 +1,139 @@
+"""The JSON records of the repository layout (DESIGN.md section 2). Pure: values in, bytes out.
+
+- ``origin.json`` of a layer: ``{"origin": ["sha256:<config digest>", ...]}``, the images
+  that use the layer, as a sorted list without duplicates (garbage collection removes a
+  layer when the list becomes empty).
+- ``layers.json`` of a layer: podman-style layer records ``[{"id", "created",
+  "compressed-diff-digest", "diff-digest", "diff-size"}]``, one per containers/storage
+  layer id the layer has been published under (the id depends on the layers below it).
+  ``unpacked-whiteouts`` says how whiteouts are stored in ``layerfs`` ("overlay": 0/0
+  character devices and the ``trusted.overlay.opaque`` xattr; "wh-files": the ``.wh.``
+  files of the tar, kept when running unprivileged).
+- ``status.json`` of an image: what we know about it, readable by users.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from unpacked.digest import Digest
+
+
+def _dump(value: Any) -> bytes:
+    return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
+
+
+def parse_origin(raw: bytes | None, *, what: str) -> frozenset[str]:
+    """The config digests listed in an ``origin.json`` (empty when there is none)."""
+    if raw is None:
+        return frozenset()
+    try:
+        value = json.loads(raw)
+        origins = value["origin"]
+        if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+            raise TypeError("'origin' is not a list of strings")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{what}: malformed origin.json: {exc}") from exc
+    return frozenset(origins)
+
+
+def origin_json(origins: Iterable[str]) -> bytes:
+    """``origin.json`` content for exactly this set of config digests."""
+    return _dump({"origin": sorted(set(origins))})
+
+
+def storage_layer_ids(diff_ids: Sequence[Digest]) -> list[str]:
+    """containers/storage layer ids: the first layer's diff_id hex, then chained.
+
+    containers/storage names layer N ``sha256(<id of layer N-1> + "+" + <diff_id N hex>)``;
+    podman recognises layers of an additional image store only under these ids (they
+    are not OCI ChainIDs).
+    """
+    ids: list[str] = []
+    for diff_id in diff_ids:
+        if not ids:
+            ids.append(diff_id.hex)
+        else:
+            ids.append(hashlib.sha256(f"{ids[-1]}+{diff_id.hex}".encode()).hexdigest())
+    return ids
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One podman-style record of a layer."""
+
+    id: str
+    created: str
+    compressed_diff_digest: str
+    diff_digest: str
+    diff_size: int
+    whiteouts: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "created": self.created,
+            "compressed-diff-digest": self.compressed_diff_digest,
+            "diff-digest": self.diff_digest,
+            "diff-size": self.diff_size,
+            "unpacked-whiteouts": self.whiteouts,
+        }
+
+
+def parse_layer_records(raw: bytes | None, *, what: str) -> list[dict[str, Any]]:
+    """The records of a ``layers.json`` as plain dicts (empty when there is none)."""
+    if raw is None:
+        return []
+    try:
+        value = json.loads(raw)
+    except ValueError as exc:
+        raise ValueError(f"{what}: malformed layers.json: {exc}") from exc
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise ValueError(f"{what}: malformed layers.json: not a list of objects")
+    return value
+
+
+def merge_layer_records(existing: list[dict[str, Any]], record: LayerRecord) -> bytes | None:
+    """``layers.json`` with ``record`` added, or None when a record of its id is there."""
+    if any(item.get("id") == record.id for item in existing):
+        return None
+    return _dump([*existing, record.to_json()])
+
+
+@dataclass(frozen=True)
+class ImageStatus:
+    """``status.json``: what a user (or the next run) needs to know about one image."""
+
+    reference: str
+    digest: str
+    media_type: str
+    manifest_digest: str
+    image_id: str
+    platform: str
+    last_check: str
+    last_change: str
+    last_error: str | None = None
+
+    def to_bytes(self) -> bytes:
+        return _dump({_camel(key): value for key, value in asdict(self).items()})
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> ImageStatus:
+        """Parse a ``status.json``; ``ValueError`` if it is not one of ours."""
+        try:
+            value = json.loads(raw)
+            return cls(**{key: value[_camel(key)] for key in _STATUS_FIELDS})
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"malformed status.json: {exc}") from exc
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.capitalize() for part in rest)
+
+
+_STATUS_FIELDS = tuple(ImageStatus.__dataclass_fields__)
