@@ -39,6 +39,7 @@ from unpacked.publish import Publisher, Transaction
 from unpacked.records import (
     ImageStatus,
     LayerRecord,
+    RemovalSchedule,
     merge_layer_records,
     origin_json,
     parse_layer_records,
@@ -47,7 +48,7 @@ from unpacked.records import (
 )
 from unpacked.reference import Reference
 from unpacked.registry import BlobStream, RegistryClient, ResolvedImage
-from unpacked.status import read_status
+from unpacked.status import list_statuses, read_status
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def convert_image(
             seconds=time.monotonic() - started,
         )
     resolved = client.resolve_image(reference, options.platform)
-    job = _Job(reference, resolved, client, options, progress)
+    job = _Job(reference, resolved, client, publisher.root, options, progress)
     with publisher.transaction(lock_timeout=options.lock_timeout) as tx:
         job.publish(tx, previous, now())
     outcome = Outcome.ADDED if previous is None else Outcome.UPDATED
@@ -238,6 +239,7 @@ class _Job:
     reference: Reference
     image: ResolvedImage
     client: RegistryClient
+    root: Path
     options: ConvertOptions
     progress: ProgressCallback | None
     unpacked: list[Digest] = field(default_factory=list)
@@ -376,6 +378,14 @@ class _Job:
         tx.write_file(layout.manifest_file(self.reference), image.manifest_raw)
         tx.write_file(layout.status_file(self.reference), status.to_bytes())
         _write_catalog_markers(tx, image)
+        _update_schedule(
+            tx,
+            self.root,
+            reference=self.reference,
+            previous=previous,
+            image_id=str(image.image_id),
+            when=when,
+        )
         if not self.options.skip_flat:
             link = layout.public_link(self.reference)
             target = layout.relative_target(link, layout.flat_dir(image.image_id))
@@ -445,6 +455,36 @@ def _read_optional(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
+
+
+def _update_schedule(
+    tx: Transaction,
+    root: Path,
+    *,
+    reference: Reference,
+    previous: ImageStatus | None,
+    image_id: str,
+    when: str,
+) -> None:
+    """Schedule the image this reference leaves, if nothing else uses it; unschedule ours.
+
+    The replaced flat tree stays (jobs may still be running in it) until garbage
+    collection removes it after the grace period.
+    """
+    path = tx.read_path(layout.REMOVE_SCHEDULE)
+    try:
+        schedule = RemovalSchedule.from_bytes(_read_optional(path))
+    except ValueError as exc:
+        raise PublishError(f"{path}: {exc}") from exc
+    updated = schedule.without([image_id])
+    if previous is not None and previous.image_id != image_id:
+        users = {
+            status.image_id for status in list_statuses(root) if status.reference != str(reference)
+        }
+        if previous.image_id not in users:
+            updated = updated.add(previous.image_id, str(reference), when)
+    if updated != schedule:
+        tx.write_file(layout.REMOVE_SCHEDULE, updated.to_bytes())
 
 
 def _write_catalog_markers(tx: Transaction, image: ResolvedImage) -> None:

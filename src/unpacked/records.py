@@ -137,3 +137,63 @@ def _camel(name: str) -> str:
 
 
 _STATUS_FIELDS = tuple(ImageStatus.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class ScheduledRemoval:
+    """An image (flat tree) that lost its last public link at ``unlinked``."""
+
+    image_id: str
+    reference: str
+    unlinked: str
+
+
+@dataclass(frozen=True)
+class RemovalSchedule:
+    """``.metadata/remove-schedule.json``: images waiting for garbage collection.
+
+    Garbage collection removes an entry's flat tree once the grace period since
+    ``unlinked`` has passed and nothing links to the image again; converting an image
+    takes it off the schedule.
+    """
+
+    entries: tuple[ScheduledRemoval, ...] = ()
+
+    def image_ids(self) -> frozenset[str]:
+        return frozenset(entry.image_id for entry in self.entries)
+
+    def add(self, image_id: str, reference: str, unlinked: str) -> RemovalSchedule:
+        """Schedule ``image_id`` unless it is already (the first unlinking time counts)."""
+        if image_id in self.image_ids():
+            return self
+        return RemovalSchedule((*self.entries, ScheduledRemoval(image_id, reference, unlinked)))
+
+    def without(self, image_ids: Iterable[str]) -> RemovalSchedule:
+        drop = set(image_ids)
+        return RemovalSchedule(tuple(e for e in self.entries if e.image_id not in drop))
+
+    def to_bytes(self) -> bytes:
+        return _dump(
+            {
+                "version": 1,
+                "images": [
+                    {"imageId": e.image_id, "reference": e.reference, "unlinked": e.unlinked}
+                    for e in sorted(self.entries, key=lambda e: (e.unlinked, e.image_id))
+                ],
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes | None) -> RemovalSchedule:
+        """Parse the schedule (None: no file yet, so empty); ``ValueError`` if malformed."""
+        if raw is None:
+            return cls()
+        try:
+            value = json.loads(raw)
+            entries = tuple(
+                ScheduledRemoval(item["imageId"], item["reference"], item["unlinked"])
+                for item in value["images"]
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"malformed remove-schedule.json: {exc}") from exc
+        return cls(entries)
