@@ -54,10 +54,26 @@ if ! .venv/bin/python scripts/seed_demo.py --registry "$REGISTRY" --workdir "$WO
     exit 1
 fi
 
-say "3/3  unpacked inspect $IMAGE"
+say "3/5  unpacked inspect $IMAGE"
 .venv/bin/unpacked inspect "$IMAGE"
 
-# Next step of the tour (to come with the publishing commands): convert the image into
-# ./demo/repo and show the resulting layout. It belongs here, while the registry runs.
+# The repository is kept after the demo (./demo/repo) so that it can be looked at.
+REPO="$REPO_ROOT/demo/repo"
+rm -rf "$REPO"  # the registry's port, hence the image's name, differs on every run
+mkdir -p "$REPO_ROOT/demo"
+say "4/5  unpacked convert-single-image $IMAGE --repo dir:$REPO"
+.venv/bin/unpacked convert-single-image "$IMAGE" --repo "dir:$REPO"
+say "     ... and once more: nothing changed, so it costs one HEAD request"
+.venv/bin/unpacked convert-single-image "$IMAGE" --repo "dir:$REPO"
 
-say "done: the registry is stopped and $WORK removed on exit"
+say "5/5  what the repository holds"
+LINK="$REPO/$REGISTRY/demo/hello:1.0"
+echo "public link:   $LINK -> $(readlink "$LINK")"
+echo "its files:     $(cd "$LINK" && ls -A | tr '\n' ' ')"
+echo "hello.sh:      $(head -n 2 "$LINK/hello.sh" | tail -n 1)"
+echo "layers:        $(cd "$REPO" && ls -d .layers/*/*/layerfs | tr '\n' ' ')"
+echo "metadata:      $(cd "$REPO" && find .metadata -type f | sort | tr '\n' ' ')"
+.venv/bin/unpacked stats --repo "dir:$REPO"
+.venv/bin/unpacked status --repo "dir:$REPO"
+
+say "done: the registry is stopped and $WORK removed on exit; the repository stays in $REPO"
