@@ -3,7 +3,10 @@
 Kept apart from the benchmark so that its start-up imports only ``unpacked``,
 like the tool's own command would, and not the test-support builders.
 
-    python bench/_unpack_worker.py <registry>/<repository>:<tag> <new root directory>
+    python bench/_unpack_worker.py <registry>/<repository>:<tag> <new root directory> [--last]
+
+With ``--last`` only the image's top layer is unpacked: the floor for converting an image
+whose other layers are already in the repository.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from unpacked.registry import RegistryClient
 
 
 def main(argv: list[str]) -> int:
-    remote, root_arg = argv
+    remote, root_arg, *flags = argv
     reference = parse(remote)
     root = Path(root_arg)
     root.mkdir(parents=True)
     with RegistryClient() as client:
         image = client.resolve_image(reference)
-        for descriptor, diff_id in zip(image.layers, image.config.diff_ids, strict=True):
+        layers = list(zip(image.layers, image.config.diff_ids, strict=True))
+        for descriptor, diff_id in layers[-1:] if "--last" in flags else layers:
             consume = functools.partial(
                 unpack_layer,
                 media_type=descriptor.media_type,

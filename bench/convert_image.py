@@ -1,0 +1,207 @@
+"""Benchmark: publishing images into a ``dir:`` repository (``unpacked convert-single-image``).
+
+In one run, against a real docker-registry on 127.0.0.1 (images generated like
+``unpack_layers.py`` does, pushed with skopeo), each ``--repeat`` times (median):
+
+1. cold conversion of image A (layers + flat tree + metadata, one transaction), against
+   ``skopeo copy`` + ``umoci raw unpack`` of A — target ≤ 0.4x;
+2. conversion of image B, which shares all but its top layer with A, into the repository
+   that holds A, against unpacking only B's top layer (the work that is really new) —
+   target ≤ 1.3x;
+3. a no-op re-run of A (one manifest HEAD) — target ≤ 50 ms per image (see also
+   ``noop_convert.py`` for 50 references);
+4. the repository's bytes for A and B (``unpacked stats``: each inode once) against their
+   unique content (the regular-file bytes of their distinct layers) — target ≤ 1.1x.
+
+    .venv/bin/python bench/convert_image.py [--size-mb 100] [--files 30000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from _common import REPO, BenchError, Result, Sample, mib, run_measured, table
+from unpack_layers import REPOSITORY, Setup, generate_layers, measure_skopeo_umoci
+
+from support.oci import BuiltImage, build_image
+from support.registry import skopeo_copy, start_registry
+
+UNPACKED = str(Path(sys.executable).with_name("unpacked"))
+WORKER = str(Path(__file__).resolve().parent / "_unpack_worker.py")
+
+
+def _convert(remote: str, repo: Path) -> Sample:
+    command = [UNPACKED, "-q", "convert-single-image", remote, "--repo", f"dir:{repo}", "--json"]
+    return run_measured([command])
+
+
+def _content_bytes(tars: Sequence[bytes]) -> int:
+    """Regular-file bytes of these layer tars (each layer counted once)."""
+    total = 0
+    for data in tars:
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            total += sum(member.size for member in archive if member.isreg())
+    return total
+
+
+def _repo_bytes(repo: Path) -> int:
+    done = subprocess.run(
+        [UNPACKED, "stats", "--repo", f"dir:{repo}", "--json"],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return int(json.loads(done.stdout)["bytes"])
+
+
+def _repeat(name: str, times: int, once: Callable[[], Sample]) -> Result:
+    samples = []
+    for index in range(times):
+        samples.append(once())
+        print(f"  {name} #{index + 1}: {samples[-1].seconds:.3f} s", flush=True)
+    return Result(name, tuple(samples))
+
+
+class Bench:
+    def __init__(self, workdir: Path, setup_a: Setup, remote_b: str) -> None:
+        self.workdir = workdir
+        self.setup_a = setup_a
+        self.remote_b = remote_b
+
+    def fresh(self, name: str) -> Path:
+        path = self.workdir / name
+        if path.exists():
+            shutil.rmtree(path)
+        return path
+
+    def cold_a(self) -> Sample:
+        return _convert(self.setup_a.remote, self.fresh("repo-cold"))
+
+    def skopeo_umoci_a(self) -> Sample:
+        return measure_skopeo_umoci(self.setup_a, self.fresh("umoci-root"))
+
+    def b_after_a(self) -> Sample:
+        repo = self.fresh("repo-incremental")
+        _convert(self.setup_a.remote, repo)
+        return _convert(self.remote_b, repo)
+
+    def top_layer_only(self) -> Sample:
+        root = self.fresh("top-layer")
+        return run_measured([[sys.executable, WORKER, self.remote_b, str(root), "--last"]])
+
+    def noop_a(self) -> Sample:
+        repo = self.workdir / "repo-noop"
+        if not repo.exists():
+            _convert(self.setup_a.remote, repo)
+        return _convert(self.setup_a.remote, repo)
+
+
+def _images(layout: Path, args: argparse.Namespace) -> tuple[BuiltImage, BuiltImage, list[bytes]]:
+    layers_a = generate_layers(args.size_mb, args.files, seed=args.seed, layers=args.layers)
+    other = generate_layers(args.size_mb, args.files, seed=args.seed + 7, layers=args.layers)
+    layers_b = [*layers_a[:-1], other[-1]]
+    image_a = build_image(layout, layers_a, tag="a", compression="gzip")
+    image_b = build_image(layout, layers_b, tag="b", compression="gzip")
+    return image_a, image_b, [*layers_a, other[-1]]
+
+
+def run(args: argparse.Namespace) -> dict[str, object]:
+    workdir = Path(tempfile.mkdtemp(prefix="unpacked-bench-convert-", dir=args.workdir))
+    try:
+        image_a, image_b, unique_layers = _images(workdir / "layout", args)
+        print(f"images generated: A and B, {args.layers} layers, {mib(sum(image_a.layer_sizes))}")
+        with start_registry(workdir / "storage", workdir=workdir / "registry") as registry:
+            for image in (image_a, image_b):
+                skopeo_copy(image.oci_ref, f"docker://{registry.host}/{REPOSITORY}:{image.tag}")
+            bench = Bench(
+                workdir, Setup(workdir, registry, image_a), f"{registry.host}/{REPOSITORY}:b"
+            )
+            results = {
+                "cold": _repeat("convert A (cold)", args.repeat, bench.cold_a),
+                "umoci": _repeat(
+                    "skopeo copy + umoci raw unpack A", args.repeat, bench.skopeo_umoci_a
+                ),
+                "incremental": _repeat("convert B after A", args.repeat, bench.b_after_a),
+                "top": _repeat("unpack only B's top layer", args.repeat, bench.top_layer_only),
+                "noop": _repeat("no-op re-run of A", args.repeat, bench.noop_a),
+            }
+            repo_bytes = _repo_bytes(workdir / "repo-incremental")
+        return _report(results, repo_bytes, _content_bytes(unique_layers), args)
+    finally:
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _report(
+    results: dict[str, Result], repo_bytes: int, unique: int, args: argparse.Namespace
+) -> dict[str, object]:
+    rows = [["measurement", "median", "runs"]]
+    for result in results.values():
+        runs = ", ".join(f"{s.seconds:.3f}" for s in result.samples)
+        rows.append([result.name, f"{result.seconds:.3f} s", runs])
+    print()
+    print(table(rows))
+    ratios = {
+        "cold / (skopeo + umoci)  (target <= 0.4)": results["cold"].seconds
+        / results["umoci"].seconds,
+        "B after A / top layer only  (target <= 1.3)": results["incremental"].seconds
+        / results["top"].seconds,
+        "repository bytes / unique content  (target <= 1.1)": repo_bytes / unique,
+    }
+    print()
+    for name, value in ratios.items():
+        print(f"{name}: {value:.2f}")
+    print(f"no-op re-run: {results['noop'].seconds * 1000:.0f} ms per image (target <= 50 ms)")
+    print(f"repository {mib(repo_bytes)}, unique content {mib(unique)}")
+    return {
+        "results": {key: result.as_json() for key, result in results.items()},
+        "ratios": ratios,
+        "repository_bytes": repo_bytes,
+        "unique_content_bytes": unique,
+        "parameters": vars(args),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--size-mb", type=float, default=100.0, help="compressed image size (MB)")
+    parser.add_argument("--files", type=int, default=30_000, help="number of files in the image")
+    parser.add_argument("--layers", type=int, default=5, help="number of layers")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument("--seed", type=int, default=20240101)
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument("--workdir", default=None, help="where to create the working directory")
+    parser.add_argument("--out", default=str(REPO / "bench" / "out"), help="JSON results directory")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        summary = run(args)
+    except BenchError as error:
+        print(f"benchmark failed: {error}", file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"convert_image-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(f"results written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
