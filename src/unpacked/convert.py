@@ -252,19 +252,19 @@ class _Job:
         build_flat = not self.options.skip_flat and not tx.exists(flat_rel)
         flat = tx.new_dir(flat_rel) if build_flat else None
         work = self._plan(tx)
-        fetch = [i for i in work if i.new or (self.options.skip_layers and flat is not None)]
-        self.downloaded = sum({i.descriptor.digest: i.descriptor.size for i in fetch}.values())
-        with _Downloads(self, tx, fetch) as blobs:
-            if self.options.skip_layers:
-                if flat is not None:
-                    self._unpack_flat_only(work, blobs, flat)
-            else:
-                self._unpack_layers(tx, work, blobs, flat)
-        if not self.options.skip_layers:
+        if self.options.skip_layers:
+            if flat is not None:
+                self._unpack_flat_only(tx, work, flat)
+        else:
+            self._unpack_layers(tx, work, flat)
             _write_layer_records(tx, self.image, work, when)
         if flat is not None:
             self._finish_flat(flat)
         self._write_metadata(tx, previous, when)
+
+    def _downloads(self, tx: Transaction, items: list[_LayerWork]) -> _Downloads:
+        self.downloaded = sum({i.descriptor.digest: i.descriptor.size for i in items}.values())
+        return _Downloads(self, tx, items)
 
     def result(self, outcome: Outcome, seconds: float) -> ConvertResult:
         return ConvertResult(
@@ -295,7 +295,11 @@ class _Job:
             work.append(_LayerWork(index, descriptor, diff_ids[index], new))
         return work
 
-    def _unpack_layers(
+    def _unpack_layers(self, tx: Transaction, work: list[_LayerWork], flat: Path | None) -> None:
+        with self._downloads(tx, [item for item in work if item.new]) as blobs:
+            self._stack_layers(tx, work, blobs, flat)
+
+    def _stack_layers(
         self, tx: Transaction, work: list[_LayerWork], blobs: _Downloads, flat: Path | None
     ) -> None:
         staged: dict[Digest, _LayerWork] = {}
@@ -341,20 +345,27 @@ class _Job:
         self.unpacked.append(digest)
         self._report(digest, "done", item.descriptor.size, item.descriptor.size)
 
-    def _unpack_flat_only(self, work: list[_LayerWork], blobs: _Downloads, flat: Path) -> None:
-        for item in work:
-            blob = blobs.wait(item.descriptor.digest)
-            with open(blob, "rb") as stream:
-                report = unpack_layer(
-                    stream,
-                    item.descriptor.media_type,
-                    item.diff_id,
-                    flat,
-                    target=Target.FLAT,
-                    name=self._layer_name(item),
-                )
-            blob.unlink()
-            self.warnings.extend(f"{self._layer_name(item)}: {w}" for w in report.warnings)
+    def _unpack_flat_only(self, tx: Transaction, work: list[_LayerWork], flat: Path) -> None:
+        # The same blob may appear twice in one image: delete it after its last use only.
+        last_use = {item.descriptor.digest: item.index for item in work}
+        with self._downloads(tx, work) as blobs:
+            for item in work:
+                blob = blobs.wait(item.descriptor.digest)
+                self._apply_flat(item, blob, flat)
+                if last_use[item.descriptor.digest] == item.index:
+                    blob.unlink()
+
+    def _apply_flat(self, item: _LayerWork, blob: Path, flat: Path) -> None:
+        with open(blob, "rb") as stream:
+            report = unpack_layer(
+                stream,
+                item.descriptor.media_type,
+                item.diff_id,
+                flat,
+                target=Target.FLAT,
+                name=self._layer_name(item),
+            )
+        self.warnings.extend(f"{self._layer_name(item)}: {w}" for w in report.warnings)
 
     def _finish_flat(self, flat: Path) -> None:
         report = prepare_sandbox(flat, self.image.config)

@@ -74,16 +74,22 @@ def _control(
     if len(words) == 2 and words[0] == "if":
         condition = _truth(words[1], data)
         stack.append(_Branch(outer=enabled, taken=condition, active=enabled and condition))
-    elif len(words) == 3 and words[:2] == ["else", "if"] and stack:
-        branch = stack[-1]
+    elif stack and words[0] in ("else", "end"):
+        _continue_branch(words, data, stack)
+    else:
+        raise ValueError(f"template: unsupported action {{{{ {' '.join(words)} }}}}")
+
+
+def _continue_branch(words: list[str], data: Mapping[str, str], stack: list[_Branch]) -> None:
+    branch = stack[-1]
+    if len(words) == 3 and words[:2] == ["else", "if"]:
         condition = not branch.taken and _truth(words[2], data)
         branch.active = branch.outer and condition
         branch.taken = branch.taken or condition
-    elif words == ["else"] and stack:
-        branch = stack[-1]
+    elif words == ["else"]:
         branch.active = branch.outer and not branch.taken
         branch.taken = True
-    elif words == ["end"] and stack:
+    elif words == ["end"]:
         stack.pop()
     else:
         raise ValueError(f"template: unsupported action {{{{ {' '.join(words)} }}}}")

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 from unpacked import __version__, errors
 from unpacked.cli import _commands as commands
+from unpacked.cli import _gc, _verify
 from unpacked.cli._options import (
     add_registry_options,
     add_repo_option,
@@ -218,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_commands(sub)
     _add_wishlist_commands(sub)
     _add_repository_commands(sub)
+    _gc.add_commands(sub)
+    _verify.add_commands(sub)
     return parser
 
 
