@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 
 from unpacked import errors
 from unpacked.convert import ConvertOptions, ConvertResult, convert_image, record_failure
+from unpacked.platform import DEFAULT, Platform
 from unpacked.publish import Publisher
 from unpacked.reference import Reference
 from unpacked.registry import RegistryClient
@@ -43,6 +44,7 @@ class ImageOutcome:
 
     wish: Wish
     reference: Reference
+    platform: Platform
     outcome: str  # "added" | "updated" | "unchanged" | "failed"
     attempts: int
     error: str | None = None
@@ -85,8 +87,18 @@ class BatchOptions:
 
 @dataclass(frozen=True)
 class Job:
+    """One image for one platform. The wish's first platform is the primary one: it gets
+    the public link; with several platforms, each also gets a ``.multiarch`` link."""
+
     wish: Wish
     reference: Reference
+    platform: Platform
+    primary: bool = True
+    multiarch: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.reference} [{self.platform}]" if self.multiarch else str(self.reference)
 
 
 def expand_wish(wish: Wish, client: RegistryClient) -> list[Reference]:
@@ -114,8 +126,17 @@ def plan_jobs(
         for reference in references:
             if reference not in seen:  # a tag named explicitly and matched by a wildcard
                 seen.add(reference)
-                jobs.append(Job(wish, reference))
+                jobs += _platform_jobs(wish, reference)
     return jobs, failures
+
+
+def _platform_jobs(wish: Wish, reference: Reference) -> list[Job]:
+    platforms = wish.platforms or (DEFAULT,)
+    multiarch = len(platforms) > 1
+    return [
+        Job(wish, reference, platform, primary=index == 0, multiarch=multiarch)
+        for index, platform in enumerate(platforms)
+    ]
 
 
 def convert_wishlist(
@@ -159,7 +180,7 @@ class _Runner:
         return outcomes
 
     def run(self, job: Job) -> ImageOutcome:
-        convert_options = _options_for(job.wish, self.options.convert)
+        convert_options = _options_for(job, self.options.convert)
         attempt = 0
         while True:
             attempt += 1
@@ -172,28 +193,33 @@ class _Runner:
                 )
             except errors.UnpackedError as exc:
                 if self._give_up(job, exc, attempt):
-                    record_failure(self.publisher, job.reference, exc)
-                    return ImageOutcome(job.wish, job.reference, "failed", attempt, str(exc))
+                    record_failure(self.publisher, job.reference, exc, convert_options)
+                    return ImageOutcome(
+                        job.wish, job.reference, job.platform, "failed", attempt, str(exc)
+                    )
                 continue
+            outcome = result.outcome.value
             return ImageOutcome(
-                job.wish, job.reference, result.outcome.value, attempt, None, result
+                job.wish, job.reference, job.platform, outcome, attempt, None, result
             )
 
     def _give_up(self, job: Job, exc: errors.UnpackedError, attempt: int) -> bool:
         if isinstance(exc, _FINAL_ERRORS) or attempt >= self.options.attempts:
-            logger.error("%s: failed (attempt %d): %s", job.reference, attempt, exc)
+            logger.error("%s: failed (attempt %d): %s", job.label, attempt, exc)
             return True
         delay = self.options.backoff * 2 ** (attempt - 1) * random.uniform(0.8, 1.2)  # noqa: S311
         logger.warning(
-            "%s: attempt %d failed (%s); retrying in %.0f s", job.reference, attempt, exc, delay
+            "%s: attempt %d failed (%s); retrying in %.0f s", job.label, attempt, exc, delay
         )
         return self.wait(delay)  # a stop request ends the retries
 
 
-def _options_for(wish: Wish, base: ConvertOptions) -> ConvertOptions:
+def _options_for(job: Job, base: ConvertOptions) -> ConvertOptions:
     return replace(
         base,
-        platform=wish.platforms[0] if wish.platforms else base.platform,
-        skip_flat=base.skip_flat or wish.skip_flat,
-        skip_layers=base.skip_layers or wish.skip_layers,
+        platform=job.platform,
+        public_link=job.primary,
+        multiarch=job.multiarch,
+        skip_flat=base.skip_flat or job.wish.skip_flat,
+        skip_layers=base.skip_layers or job.wish.skip_layers,
     )

@@ -63,11 +63,58 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True)
 class ConvertOptions:
+    """How to publish an image.
+
+    ``public_link``: write ``<registry>/<repository>:<tag>`` (the default platform's image);
+    ``multiarch``: write ``.multiarch/<arch>/<registry>/<repository>:<tag>`` too. An image of
+    a further platform has only the ``.multiarch`` link, and its metadata under
+    ``.metadata/.multiarch/<arch>/``.
+    """
+
     platform: Platform = DEFAULT
     skip_flat: bool = False
     skip_layers: bool = False
+    public_link: bool = True
+    multiarch: bool = False
     download_workers: int = 3
     lock_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one image's metadata and links go in the repository layout."""
+
+    metadata: PurePosixPath
+    links: tuple[PurePosixPath, ...]
+    aliases: tuple[tuple[PurePosixPath, str], ...] = ()
+    """``.multiarch/<uname -m name>`` links to their OCI-named directory."""
+
+    @property
+    def status_file(self) -> PurePosixPath:
+        return self.metadata / "status.json"
+
+    @property
+    def manifest_file(self) -> PurePosixPath:
+        return self.metadata / "manifest.json"
+
+
+def placement(reference: Reference, options: ConvertOptions) -> Placement:
+    """The metadata directory and links of ``reference`` published with ``options``."""
+    if options.public_link:
+        metadata = layout.metadata_dir(reference)
+    else:
+        metadata = layout.multiarch_metadata_dir(options.platform, reference)
+    if options.skip_flat:
+        return Placement(metadata, ())
+    links = [layout.public_link(reference)] if options.public_link else []
+    aliases: list[tuple[PurePosixPath, str]] = []
+    if options.multiarch:
+        links.append(layout.multiarch_link(options.platform, reference))
+        name = layout.multiarch_name(options.platform)
+        aliases = [
+            (layout.MULTIARCH / alias, name) for alias in layout.multiarch_aliases(options.platform)
+        ]
+    return Placement(metadata, tuple(links), tuple(aliases))
 
 
 @dataclass(frozen=True)
@@ -92,6 +139,7 @@ class ConvertResult:
     image_id: Digest
     platform: Platform
     public_link: PurePosixPath | None
+    """The first link written (the public link, else the ``.multiarch`` one), if any."""
     layers_unpacked: tuple[Digest, ...] = ()
     layers_reused: tuple[Digest, ...] = ()
     bytes_downloaded: int = 0
@@ -115,10 +163,11 @@ def convert_image(
     """Publish ``reference`` into ``publisher``'s repository, or find it up to date."""
     _check_options(reference, options)
     started = time.monotonic()
+    place = placement(reference, options)
     head = client.head_manifest(reference)
-    previous = read_status(publisher.root, reference)
-    if previous is not None and _is_current(publisher, reference, head, previous, options):
-        _touch(publisher, reference, previous, now(), options)
+    previous = read_status(publisher.root, reference, place.status_file)
+    if previous is not None and _is_current(publisher.root, place, head, previous, options):
+        _touch(publisher, place, previous, now(), options)
         logger.info("%s: unchanged (%s)", reference, head.digest)
         return ConvertResult(
             reference,
@@ -126,11 +175,11 @@ def convert_image(
             head.digest,
             Digest.parse(previous.image_id),
             Platform.parse(previous.platform),
-            None if options.skip_flat else layout.public_link(reference),
+            place.links[0] if place.links else None,
             seconds=time.monotonic() - started,
         )
     resolved = client.resolve_image(reference, options.platform)
-    job = _Job(reference, resolved, client, publisher.root, options, progress)
+    job = _Job(reference, place, resolved, client, publisher.root, options, progress)
     with publisher.transaction(lock_timeout=options.lock_timeout) as tx:
         job.publish(tx, previous, now())
     outcome = Outcome.ADDED if previous is None else Outcome.UPDATED
@@ -148,8 +197,8 @@ def _check_options(reference: Reference, options: ConvertOptions) -> None:
 
 
 def _is_current(
-    publisher: Publisher,
-    reference: Reference,
+    root: Path,
+    place: Placement,
     head: Descriptor,
     status: ImageStatus,
     options: ConvertOptions,
@@ -159,62 +208,62 @@ def _is_current(
         return False
     if not options.platform.matches(Platform.parse(status.platform)):
         return False
-    image_id = Digest.parse(status.image_id)
-    if not options.skip_flat and not _link_points_to(publisher, reference, image_id):
+    flat = layout.flat_dir(Digest.parse(status.image_id))
+    if place.links and not (root / flat).is_dir():
         return False
-    return options.skip_layers or _layers_present(publisher, reference)
+    if not all(_link_points_to(root, link, flat) for link in place.links):
+        return False
+    return options.skip_layers or _layers_present(root, place)
 
 
-def _link_points_to(publisher: Publisher, reference: Reference, image_id: Digest) -> bool:
-    link = layout.public_link(reference)
-    expected = layout.relative_target(link, layout.flat_dir(image_id))
+def _link_points_to(root: Path, link: PurePosixPath, flat: PurePosixPath) -> bool:
     try:
-        return (
-            os.readlink(publisher.root / link) == str(expected)
-            and (publisher.root / layout.flat_dir(image_id)).is_dir()
-        )
+        return os.readlink(root / link) == str(layout.relative_target(link, flat))
     except OSError:
         return False
 
 
-def _layers_present(publisher: Publisher, reference: Reference) -> bool:
+def _layers_present(root: Path, place: Placement) -> bool:
     try:
-        manifest = parse_manifest((publisher.root / layout.manifest_file(reference)).read_bytes())
+        manifest = parse_manifest((root / place.manifest_file).read_bytes())
     except (OSError, UnpackedError):
         return False
-    return all(
-        (publisher.root / layout.layerfs_dir(layer.digest)).is_dir() for layer in manifest.layers
-    )
+    return all((root / layout.layerfs_dir(layer.digest)).is_dir() for layer in manifest.layers)
 
 
 def _touch(
     publisher: Publisher,
-    reference: Reference,
+    place: Placement,
     status: ImageStatus,
     checked: str,
     options: ConvertOptions,
 ) -> None:
     updated = ImageStatus(**{**status.__dict__, "last_check": checked, "last_error": None})
     with publisher.transaction(lock_timeout=options.lock_timeout) as tx:
-        tx.write_file(layout.status_file(reference), updated.to_bytes())
+        tx.write_file(place.status_file, updated.to_bytes())
 
 
 def record_failure(
-    publisher: Publisher, reference: Reference, error: BaseException, when: str | None = None
+    publisher: Publisher,
+    reference: Reference,
+    error: BaseException,
+    options: ConvertOptions = ConvertOptions(),
+    when: str | None = None,
 ) -> None:
     """Note ``error`` in the status of an image that was published before.
 
     Never raises: a failure to record a failure is logged, and the original error is
     what the caller reports.
     """
-    status = read_status(publisher.root, reference)
+    status_file = placement(reference, options).status_file
+    status = read_status(publisher.root, reference, status_file)
     if status is None:
         return
     when = when or _utc_now()
     updated = ImageStatus(**{**status.__dict__, "last_check": when, "last_error": str(error)})
     try:
         with publisher.transaction(lock_timeout=60) as tx:
-            tx.write_file(layout.status_file(reference), updated.to_bytes())
+            tx.write_file(status_file, updated.to_bytes())
     except UnpackedError as exc:
         logger.warning("%s: could not record the failure in status.json: %s", reference, exc)
 
@@ -237,6 +286,7 @@ class _Job:
     """One image being published; lives for one transaction."""
 
     reference: Reference
+    place: Placement
     image: ResolvedImage
     client: RegistryClient
     root: Path
@@ -273,7 +323,7 @@ class _Job:
             self.image.top.digest,
             self.image.image_id,
             self.image.platform,
-            None if self.options.skip_flat else layout.public_link(self.reference),
+            self.place.links[0] if self.place.links else None,
             tuple(self.unpacked),
             tuple(self.reused),
             self.downloaded,
@@ -386,8 +436,8 @@ class _Job:
             last_check=when,
             last_change=when,
         )
-        tx.write_file(layout.manifest_file(self.reference), image.manifest_raw)
-        tx.write_file(layout.status_file(self.reference), status.to_bytes())
+        tx.write_file(self.place.manifest_file, image.manifest_raw)
+        tx.write_file(self.place.status_file, status.to_bytes())
         _write_catalog_markers(tx, image)
         _update_schedule(
             tx,
@@ -397,10 +447,12 @@ class _Job:
             image_id=str(image.image_id),
             when=when,
         )
-        if not self.options.skip_flat:
-            link = layout.public_link(self.reference)
+        for link in self.place.links:
             target = layout.relative_target(link, layout.flat_dir(image.image_id))
             tx.set_symlink(link, str(target))
+        for alias, name in self.place.aliases:
+            if not tx.exists(alias):
+                tx.set_symlink(alias, name)
 
     def _layer_name(self, item: _LayerWork) -> str:
         count = len(self.image.layers)

@@ -80,6 +80,19 @@ def multiarch_link(platform: Platform, reference: Reference) -> PurePosixPath:
     return MULTIARCH / multiarch_name(platform) / reference.public_name
 
 
+def multiarch_aliases(platform: Platform) -> tuple[str, ...]:
+    """The ``uname -m`` names that link to the platform's ``.multiarch`` directory."""
+    name = multiarch_name(platform)
+    return tuple(alias for alias, target in ARCH_ALIASES.items() if target == name)
+
+
+def multiarch_metadata_dir(platform: Platform, reference: Reference) -> PurePosixPath:
+    """``.metadata/.multiarch/<arch>/<registry>/<repository>:<tag>``: metadata of an image
+    published for a platform other than the repository's default (it has only a
+    ``.multiarch`` link)."""
+    return METADATA / MULTIARCH / multiarch_name(platform) / reference.public_name
+
+
 def multiarch_name(platform: Platform) -> str:
     """OCI architecture name with the variant after a colon: ``amd64``, ``arm64:v8``."""
     if platform.variant:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from unpacked import layout
 from unpacked.records import ImageStatus
@@ -15,9 +15,15 @@ logger = logging.getLogger(__name__)
 STATUS_NAME = "status.json"
 
 
-def read_status(root: Path, reference: Reference) -> ImageStatus | None:
-    """The image's published ``status.json``, or None (missing, or unreadable: logged)."""
-    path = root / layout.status_file(reference)
+def read_status(
+    root: Path, reference: Reference, status_file: PurePosixPath | None = None
+) -> ImageStatus | None:
+    """The image's published ``status.json``, or None (missing, or unreadable: logged).
+
+    ``status_file`` overrides the default place (the image of a further platform keeps
+    its status under ``.metadata/.multiarch/``).
+    """
+    path = root / (status_file or layout.status_file(reference))
     try:
         return ImageStatus.from_bytes(path.read_bytes())
     except FileNotFoundError:

@@ -93,6 +93,7 @@ def _image_json(image: ImageOutcome) -> dict[str, Any]:
         "wish": image.wish.text,
         "line": image.wish.line,
         "reference": str(image.reference),
+        "platform": str(image.platform),
         "outcome": image.outcome,
         "attempts": image.attempts,
         "error": image.error,
@@ -123,11 +124,12 @@ def batch_text(report: BatchReport) -> str:
     counts = ", ".join(f"{report.count(outcome)} {outcome}" for outcome in OUTCOMES)
     lines = [f"{len(report.images)} images: {counts}"]
     for image in report.images:
+        name = f"{image.reference} [{image.platform}]"
         if image.outcome == "failed":
             note = " (ignored: ignoreErrors)" if image.wish.ignore_errors else ""
-            lines.append(f"  FAILED {image.reference}{note}: {image.error}")
+            lines.append(f"  FAILED {name}{note}: {image.error}")
         elif image.outcome != "unchanged":
-            lines.append(f"  {image.outcome} {image.reference}")
+            lines.append(f"  {image.outcome} {name}")
     for failure in report.expansion_failures:
         lines.append(
             f"  FAILED to list tags of {failure.wish.text} (line {failure.wish.line}): "
