@@ -213,6 +213,8 @@ def _is_current(
         return False
     if not all(_link_points_to(root, link, flat) for link in place.links):
         return False
+    if not _metadata_consistent(root, place, status):
+        return False
     return options.skip_layers or _layers_present(root, place)
 
 
@@ -221,6 +223,19 @@ def _link_points_to(root: Path, link: PurePosixPath, flat: PurePosixPath) -> boo
         return os.readlink(root / link) == str(layout.relative_target(link, flat))
     except OSError:
         return False
+
+
+def _metadata_consistent(root: Path, place: Placement, status: ImageStatus) -> bool:
+    """manifest.json is the manifest status.json names, of the image it names."""
+    try:
+        raw = (root / place.manifest_file).read_bytes()
+        manifest = parse_manifest(raw)
+    except (OSError, UnpackedError):
+        return False
+    return (
+        str(Digest.of(raw)) == status.manifest_digest
+        and str(manifest.config.digest) == status.image_id
+    )
 
 
 def _layers_present(root: Path, place: Placement) -> bool:
@@ -339,7 +354,7 @@ class _Job:
             new = (
                 not self.options.skip_layers
                 and descriptor.digest not in seen
-                and not tx.exists(layout.layer_dir(descriptor.digest))
+                and not _stored_layer(tx, descriptor.digest)
             )
             seen.add(descriptor.digest)
             work.append(_LayerWork(index, descriptor, diff_ids[index], new))
@@ -463,6 +478,18 @@ class _Job:
             self.progress(LayerProgress(self.reference, digest, phase, done, total))
 
 
+def _stored_layer(tx: Transaction, digest: Digest) -> bool:
+    """Whether the repository holds the layer; an incomplete layer directory is an error."""
+    if not tx.exists(layout.layer_dir(digest)):
+        return False
+    if not tx.exists(layout.layerfs_dir(digest)):
+        raise PublishError(
+            f"layer {digest}: {layout.layer_dir(digest)} exists without its layerfs; "
+            "run 'unpacked verify --repair' to remove it, then convert again"
+        )
+    return True
+
+
 def _stored_whiteouts(tx: Transaction, item: _LayerWork, name: str) -> str:
     path = tx.read_path(layout.layer_record_file(item.descriptor.digest))
     try:
@@ -498,6 +525,17 @@ def _write_layer_records(
 
 
 def _update_layer_metadata(
+    tx: Transaction, digest: Digest, record: LayerRecord, image_id: str
+) -> None:
+    try:
+        _merge_layer_metadata(tx, digest, record, image_id)
+    except ValueError as exc:  # a malformed origin.json or layers.json
+        raise PublishError(
+            f"layer {digest}: {exc}; run 'unpacked verify --repair', then convert again"
+        ) from exc
+
+
+def _merge_layer_metadata(
     tx: Transaction, digest: Digest, record: LayerRecord, image_id: str
 ) -> None:
     origin_path = layout.layer_origin_file(digest)

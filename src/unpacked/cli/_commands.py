@@ -9,7 +9,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
@@ -19,8 +19,10 @@ from unpacked.cli import _render as render
 from unpacked.cli._options import publisher_for, registry_options
 from unpacked.convert import ConvertOptions, convert_image, record_failure
 from unpacked.platform import Platform
+from unpacked.reference import Reference
 from unpacked.reference import parse as parse_reference
-from unpacked.registry import RegistryClient
+from unpacked.registry import RegistryClient, RegistryOptions
+from unpacked.registry._endpoint import is_loopback
 from unpacked.stats import repository_stats
 from unpacked.status import list_statuses
 from unpacked.summary import summarize
@@ -83,7 +85,7 @@ def _interactive(args: argparse.Namespace) -> bool:
 
 
 def stats(args: argparse.Namespace) -> int:
-    result = repository_stats(publisher_for(args.repo).root)
+    result = repository_stats(publisher_for(args.repo, create=False).root)
     if args.json:
         render.print_json(result.to_json())
     else:
@@ -92,7 +94,7 @@ def stats(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    statuses = list_statuses(publisher_for(args.repo).root)
+    statuses = list_statuses(publisher_for(args.repo, create=False).root)
     if args.json:
         render.print_json([render.status_json(s) for s in statuses])
     else:
@@ -236,12 +238,23 @@ def _check_syntax(item: str, strict: bool) -> _Check:
 def expand_wildcard(args: argparse.Namespace) -> int:
     reference = parse_reference(args.reference)
     wish = Wish(reference, args.reference, 0, ())
-    with RegistryClient(registry_options(args)) as client:
+    options = registry_options(args)
+    with RegistryClient(options) as client:
         references = expand_wish(wish, client)
     if args.yaml:
-        render.print_text("\n".join(f"  - '{ref.url_form()}'" for ref in references))
+        render.print_text("\n".join(f"  - '{_url_form(ref, options)}'" for ref in references))
     elif args.json:
         render.print_json([str(ref) for ref in references])
     else:
         render.print_text("\n".join(str(ref) for ref in references))
     return EXIT_OK
+
+
+def _url_form(reference: Reference, options: RegistryOptions) -> str:
+    """DUCC's URL form, with the scheme the tags were listed over: a registry reached over
+    plain HTTP (loopback, --insecure-registry) must not come back as https://."""
+    if reference.scheme is None and (
+        reference.registry in options.insecure or is_loopback(reference.registry)
+    ):
+        reference = replace(reference, scheme="http")
+    return reference.url_form()

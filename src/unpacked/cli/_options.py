@@ -85,14 +85,16 @@ def add_skip_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def publisher_for(repo: str | None, wishlist_repository: str | None = None) -> Publisher:
+def publisher_for(
+    repo: str | None, wishlist_repository: str | None = None, *, create: bool = True
+) -> Publisher:
     """The repository from ``--repo``, else the wish list's; an error when neither names one."""
     spec = repo or wishlist_repository
     if not spec:
         raise errors.ConfigError(
             "no repository: give --repo dir:/path (or 'repository:' in the wish list)"
         )
-    return open_publisher(spec)
+    return open_publisher(spec, create=create)
 
 
 def duration(text: str) -> float:

@@ -1,9 +1,155 @@
-"""(being written)"""
+"""``unpacked verify --repo R [--repair] [--json]``: check a repository, fix what needs no registry.
+
+Exit code 0 when the repository is clean (after the repair, with ``--repair``), 1 when
+problems remain; the remaining ones are listed with the command that fixes them when
+that is a re-conversion. ``--json`` prints one object::
+
+    {"repository": "dir:/srv/unpacked", "clean": false,
+     "findings": [{"kind": "link-dangling", "path": "...", "message": "...",
+                   "remedy": "repair" | "reconvert" | "manual", "references": ["..."]}],
+     "reconvert": [{"reference": "...", "command": "unpacked convert-single-image ..."}]}
+
+and with ``--repair``, describing the state after the repair, plus ``"found"`` (the
+findings before it), ``"repairs"`` (the changes made, one line each) and
+``"recovered"`` (stale staging the publisher's recovery handled).
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
+
+from unpacked.cli import _render as render
+from unpacked.cli._commands import EXIT_FAILURE, EXIT_OK
+from unpacked.cli._options import add_repo_option, publisher_for
+from unpacked.errors import ConfigError
+from unpacked.verify import (
+    Finding,
+    RepairReport,
+    VerifyOptions,
+    VerifyReport,
+    describe,
+    repair_repository,
+    verify_repository,
+)
+
+_DESCRIPTION = (
+    "Check that a repository is what the layout promises: public links are relative and "
+    "lead to flat trees, metadata records parse and agree, every layer of every image is "
+    "there, origin.json lists exactly the images using each layer, nothing is orphaned, "
+    "catalog markers are in place and no staging is left. Holds the repository lock while "
+    "it looks (it waits for a running conversion) and changes nothing. "
+    "--repair fixes, in one transaction, what needs no registry: origin.json, catalog "
+    "markers, absolute links, stale staging, temporary files; orphan flat trees are "
+    "scheduled for garbage collection, never deleted. What needs a re-conversion is "
+    "listed with the command to run."
+)
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register this module's commands."""
+    """Register ``verify``."""
+    parser = sub.add_parser(
+        "verify", help="check a repository (and repair what can be)", description=_DESCRIPTION
+    )
+    parser.set_defaults(handler=verify)
+    add_repo_option(parser)
+    parser.add_argument(
+        "--repair", action="store_true", help="fix what can be fixed without the registry"
+    )
+    parser.add_argument(
+        "--skip-layers",
+        action="store_true",
+        help="the repository is published with --skip-layers: do not expect layer directories",
+    )
+    parser.add_argument(
+        "--lock-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long to wait for a running transaction (default: %(default)g)",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def verify(args: argparse.Namespace) -> int:
+    backend, _, location = args.repo.partition(":")
+    if backend == "dir" and location and not os.path.isdir(location):
+        # Opening a dir: publisher creates a missing directory, which would verify clean.
+        raise ConfigError(f"{args.repo}: no such repository directory")
+    publisher = publisher_for(args.repo)
+    options = VerifyOptions(skip_layers=args.skip_layers)
+    command = _Reconvert(publisher.spec, args.skip_layers)
+    if args.repair:
+        repaired = repair_repository(publisher, options=options, lock_timeout=args.lock_timeout)
+        report = repaired.after
+        if args.json:
+            render.print_json(_repair_json(repaired, command))
+        else:
+            render.print_text(_repair_text(repaired, command))
+    else:
+        report = verify_repository(publisher, options=options, lock_timeout=args.lock_timeout)
+        if args.json:
+            render.print_json(_report_json(report, command))
+        else:
+            render.print_text(_report_text(report, command))
+    return EXIT_OK if report.clean else EXIT_FAILURE
+
+
+class _Reconvert:
+    """The command that re-converts one image into the verified repository."""
+
+    def __init__(self, spec: str, skip_layers: bool) -> None:
+        self._tail = f" --repo {shlex.quote(spec)}" + (" --skip-layers" if skip_layers else "")
+
+    def __call__(self, reference: str) -> str:
+        return f"unpacked convert-single-image {shlex.quote(reference)}{self._tail}"
+
+
+def _report_json(report: VerifyReport, command: _Reconvert) -> dict[str, object]:
+    return {
+        "repository": report.repository,
+        "clean": report.clean,
+        "findings": [finding.to_json() for finding in report.findings],
+        "reconvert": [
+            {"reference": ref, "command": command(ref)} for ref in report.references_to_reconvert()
+        ],
+    }
+
+
+def _repair_json(repaired: RepairReport, command: _Reconvert) -> dict[str, object]:
+    return {
+        **_report_json(repaired.after, command),
+        "found": [finding.to_json() for finding in repaired.before.findings],
+        "repairs": [describe(change) for change in repaired.changes],
+        "recovered": [str(path) for path in repaired.recovered],
+    }
+
+
+def _finding_line(finding: Finding) -> str:
+    return f"  {finding.kind}: {finding.message} [{finding.remedy}]"
+
+
+def _report_text(report: VerifyReport, command: _Reconvert) -> str:
+    if report.clean:
+        return f"{report.repository}: clean"
+    lines = [f"{report.repository}: {len(report.findings)} problem(s)"]
+    lines += [_finding_line(finding) for finding in report.findings]
+    references = report.references_to_reconvert()
+    if references:
+        lines.append("re-convert (then run verify again):")
+        lines += [f"  {command(ref)}" for ref in references]
+    return "\n".join(lines)
+
+
+def _repair_text(repaired: RepairReport, command: _Reconvert) -> str:
+    found = len(repaired.before.findings)
+    lines = [f"{repaired.before.repository}: {found} problem(s) found"]
+    if repaired.recovered:
+        lines.append("stale staging handled by the publisher's recovery:")
+        lines += [f"  {path}" for path in repaired.recovered]
+    if repaired.changes:
+        lines.append(f"repaired ({len(repaired.changes)} change(s) in one transaction):")
+        lines += [f"  {describe(change)}" for change in repaired.changes]
+    lines.append(_report_text(repaired.after, command))
+    return "\n".join(lines)

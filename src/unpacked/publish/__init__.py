@@ -16,7 +16,7 @@ from unpacked.publish._dir import DirPublisher
 
 __all__ = ["BACKENDS", "Publisher", "Transaction", "open_publisher"]
 
-_OPENERS: dict[str, Callable[[str], Publisher]] = {
+_OPENERS: dict[str, Callable[[str, bool], Publisher]] = {
     "dir": DirPublisher.open,
 }
 
@@ -24,14 +24,16 @@ BACKENDS: tuple[str, ...] = tuple(_OPENERS)
 """Names of the supported backends, as written before the colon of a spec."""
 
 
-def open_publisher(spec: str) -> Publisher:
+def open_publisher(spec: str, *, create: bool = True) -> Publisher:
     """The publisher for ``spec``, ``"<backend>:<location>"`` (e.g. ``"dir:/srv/unpacked"``).
 
     A bare path is refused rather than guessed at: ``/cvmfs/x`` could mean either backend.
+    With ``create=False`` a missing repository is an error instead of being created (for
+    commands that only read, where a mistyped path must not leave an empty repository).
     """
     backend, colon, location = spec.partition(":")
     opener = _OPENERS.get(backend) if colon else None
     if opener is None:
         supported = ", ".join(f"{name}:<path>" for name in BACKENDS)
         raise ConfigError(f"unknown publisher {spec!r}: expected one of {supported}")
-    return opener(location)
+    return opener(location, create)

@@ -257,11 +257,13 @@ class DirPublisher(Publisher):
         self._private = root / PRIVATE_DIR
 
     @classmethod
-    def open(cls, location: str) -> DirPublisher:
+    def open(cls, location: str, create: bool = True) -> DirPublisher:
         """The publisher for ``location``; the directory is created if only it is missing."""
         if not location:
             raise ConfigError("dir: needs a path, e.g. dir:/srv/unpacked")
         root = Path(os.path.abspath(location))
+        if not create and not root.is_dir():
+            raise ConfigError(f"dir:{root}: no such repository directory")
         try:
             os.mkdir(root, DIR_MODE)
         except FileExistsError:
