@@ -31,7 +31,6 @@ and a manifest.json that contradicts status.json (convert would find it current)
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import logging
 import os
@@ -39,6 +38,7 @@ import re
 import stat
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -50,7 +50,6 @@ from unpacked.manifest import Manifest, parse_manifest
 from unpacked.publish import Publisher, Transaction
 from unpacked.publish._dir import PRIVATE_DIR, DirPublisher
 from unpacked.publish._journal import JOURNAL_NAME
-from unpacked.publish._lock import repository_lock
 from unpacked.records import (
     ImageStatus,
     RemovalSchedule,
@@ -921,19 +920,11 @@ def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@contextlib.contextmanager
-def _locked(publisher: Publisher, timeout: float) -> Iterator[None]:
+def _locked(publisher: Publisher, timeout: float) -> AbstractContextManager[None]:
     """Hold the repository lock without opening a transaction (so without recovery)."""
     if not isinstance(publisher, DirPublisher):
         raise ConfigError(f"{publisher.spec}: verify supports dir: repositories only")
-    private = publisher.root / PRIVATE_DIR
-    if not private.is_dir():
-        # No transaction ever ran here (a copied tree): nothing to exclude, and a check
-        # must not create the publisher's directory.
-        yield
-        return
-    with repository_lock(private / "lock", publisher.spec, timeout):
-        yield
+    return publisher.locked(lock_timeout=timeout)
 
 
 def _scan(publisher: Publisher, *, private: bool) -> Snapshot:

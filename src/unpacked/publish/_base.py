@@ -156,5 +156,13 @@ class Publisher(abc.ABC):
         gateway lease); ``None`` means the whole repository.
         """
 
+    @abc.abstractmethod
+    def locked(self, *, lock_timeout: float = 600.0) -> AbstractContextManager[None]:
+        """Hold the repository lock without opening a transaction (no recovery runs).
+
+        For readers that must not see a commit half-way (``verify``). Waits like
+        ``transaction()`` (P6).
+        """
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r})"

@@ -306,6 +306,16 @@ class DirPublisher(Publisher):
             finally:
                 _commit.discard(area, self.spec)
 
+    @contextlib.contextmanager
+    def locked(self, *, lock_timeout: float = 600.0) -> Iterator[None]:
+        if not is_real_dir(self._private):
+            # No transaction ever ran here (a copied tree): there is nothing to exclude,
+            # and a reader must not create the private directory.
+            yield
+            return
+        with repository_lock(self._private / "lock", self.spec, lock_timeout):
+            yield
+
     def _checked_lease(self, lease: PurePosixPath | None) -> PurePosixPath | None:
         if lease is None:
             return None
