@@ -23,7 +23,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
@@ -374,10 +374,15 @@ class _Job:
                 self._unpack_one(tx, item, blobs.wait(digest), flat)
                 staged[digest] = item
             elif digest in staged:  # the same layer twice in one image
-                item.layerfs, item.whiteouts = staged[digest].layerfs, staged[digest].whiteouts
+                first = staged[digest]
+                item.layerfs, item.whiteouts = first.layerfs, first.whiteouts
+                item.diff_size = first.diff_size
             else:
                 item.layerfs = tx.read_path(layout.layerfs_dir(digest))
-                item.whiteouts = _stored_whiteouts(tx, item, self._layer_name(item))
+                item.whiteouts, item.diff_size = _stored_layer_facts(
+                    tx, item, self._layer_name(item)
+                )
+                staged[digest] = item
                 self.reused.append(digest)
             if flat is not None:
                 assert item.layerfs is not None
@@ -391,6 +396,8 @@ class _Job:
         item.layerfs = layer_root / "layerfs"
         os.mkdir(item.layerfs, 0o755)
         os.mkdir(layer_root / ".metadata", 0o755)
+        # Before unpacking, so that the layer's own time for its root directory stays.
+        _touch_marker(item.layerfs)
         self._report(digest, "unpack", 0, item.descriptor.size)
         with open(blob, "rb") as stream:
             report = unpack_layer(
@@ -403,7 +410,6 @@ class _Job:
                 name=self._layer_name(item),
             )
         blob.unlink()  # not needed any more; keep it out of the commit's flush
-        (item.layerfs / layout.CATALOG_MARKER).touch()
         item.whiteouts = report.whiteouts
         item.diff_size = report.diff_size
         self.warnings.extend(f"{self._layer_name(item)}: {w}" for w in report.warnings)
@@ -435,9 +441,8 @@ class _Job:
     def _finish_flat(self, flat: Path) -> None:
         report = prepare_sandbox(flat, self.image.config)
         self.warnings.extend(f"flat tree: {path}: {why}" for path, why in report.skipped)
-        marker = flat / layout.CATALOG_MARKER
-        if not marker.exists():
-            marker.touch()
+        if not (flat / layout.CATALOG_MARKER).exists():
+            _touch_marker(flat)
 
     def _write_metadata(self, tx: Transaction, previous: ImageStatus | None, when: str) -> None:
         image = self.image
@@ -453,7 +458,7 @@ class _Job:
         )
         tx.write_file(self.place.manifest_file, image.manifest_raw)
         tx.write_file(self.place.status_file, status.to_bytes())
-        _write_catalog_markers(tx, image)
+        _write_catalog_markers(tx, image, self.options)
         _update_schedule(
             tx,
             self.root,
@@ -465,6 +470,13 @@ class _Job:
         for link in self.place.links:
             target = layout.relative_target(link, layout.flat_dir(image.image_id))
             tx.set_symlink(link, str(target))
+        if self.options.skip_flat:
+            # Layers only: a link left from an earlier full conversion would show an image
+            # that status.json no longer describes.
+            full = placement(self.reference, replace(self.options, skip_flat=False))
+            for link in full.links:
+                if tx.exists(link):
+                    tx.remove(link)
         for alias, name in self.place.aliases:
             if not tx.exists(alias):
                 tx.set_symlink(alias, name)
@@ -490,45 +502,70 @@ def _stored_layer(tx: Transaction, digest: Digest) -> bool:
     return True
 
 
-def _stored_whiteouts(tx: Transaction, item: _LayerWork, name: str) -> str:
+def _touch_marker(directory: Path) -> None:
+    """An empty ``.cvmfscatalog`` (0644 whatever the umask, like every published file)."""
+    marker = directory / layout.CATALOG_MARKER
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.fchmod(fd, 0o644)
+    finally:
+        os.close(fd)
+
+
+def _stored_layer_facts(tx: Transaction, item: _LayerWork, name: str) -> tuple[str, int]:
+    """Whiteout form and diff size of a layer the repository holds, from its layers.json."""
     path = tx.read_path(layout.layer_record_file(item.descriptor.digest))
     try:
         records = parse_layer_records(path.read_bytes(), what=str(path))
-    except (OSError, ValueError) as exc:
+        sizes = {int(record["diff-size"]) for record in records}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PublishError(f"layer {name}: stored layer record unusable: {exc}") from exc
     modes = {record.get("unpacked-whiteouts", "overlay") for record in records}
-    return "wh-files" if "wh-files" in modes else "overlay"
+    return ("wh-files" if "wh-files" in modes else "overlay"), max(sizes, default=0)
 
 
 def _write_layer_records(
     tx: Transaction, image: ResolvedImage, work: list[_LayerWork], when: str
 ) -> None:
-    """origin.json (this image added) and layers.json (this image's layer id) of each layer."""
+    """origin.json (this image added) and layers.json (this image's layer ids) of each layer.
+
+    A layer may stand at several positions of one image (empty layers do): its records
+    are collected first and each file is written once.
+    """
     ids = storage_layer_ids(image.config.diff_ids)
-    done: set[Digest] = set()
+    records: dict[Digest, list[LayerRecord]] = {}
+    first: dict[Digest, _LayerWork] = {}
     for item in work:
         digest = item.descriptor.digest
-        record = LayerRecord(
-            ids[item.index], when, str(digest), str(item.diff_id), item.diff_size, item.whiteouts
+        first.setdefault(digest, item)
+        records.setdefault(digest, []).append(
+            LayerRecord(
+                ids[item.index],
+                when,
+                str(digest),
+                str(item.diff_id),
+                item.diff_size,
+                item.whiteouts,
+            )
         )
-        if item.new and digest not in done:
-            staged = item.layerfs
-            assert staged is not None
-            metadata = staged.parent / ".metadata"
-            (metadata / "origin.json").write_bytes(origin_json([str(image.image_id)]))
-            records = merge_layer_records([], record)
-            assert records is not None
-            (metadata / "layers.json").write_bytes(records)
-        elif not item.new:
-            _update_layer_metadata(tx, digest, record, str(image.image_id))
-        done.add(digest)
+    image_id = str(image.image_id)
+    for digest, item in first.items():
+        if item.new:
+            assert item.layerfs is not None
+            metadata = item.layerfs.parent / ".metadata"
+            (metadata / "origin.json").write_bytes(origin_json([image_id]))
+            (metadata / "layers.json").write_bytes(
+                merge_layer_records([], records[digest]) or b"[]"
+            )
+        else:
+            _update_layer_metadata(tx, digest, records[digest], image_id)
 
 
 def _update_layer_metadata(
-    tx: Transaction, digest: Digest, record: LayerRecord, image_id: str
+    tx: Transaction, digest: Digest, records: list[LayerRecord], image_id: str
 ) -> None:
     try:
-        _merge_layer_metadata(tx, digest, record, image_id)
+        _merge_layer_metadata(tx, digest, records, image_id)
     except ValueError as exc:  # a malformed origin.json or layers.json
         raise PublishError(
             f"layer {digest}: {exc}; run 'unpacked verify --repair', then convert again"
@@ -536,7 +573,7 @@ def _update_layer_metadata(
 
 
 def _merge_layer_metadata(
-    tx: Transaction, digest: Digest, record: LayerRecord, image_id: str
+    tx: Transaction, digest: Digest, records: list[LayerRecord], image_id: str
 ) -> None:
     origin_path = layout.layer_origin_file(digest)
     origins = parse_origin(_read_optional(tx.read_path(origin_path)), what=str(origin_path))
@@ -546,7 +583,7 @@ def _merge_layer_metadata(
     existing = parse_layer_records(
         _read_optional(tx.read_path(records_path)), what=str(records_path)
     )
-    updated = merge_layer_records(existing, record)
+    updated = merge_layer_records(existing, records)
     if updated is not None:
         tx.write_file(records_path, updated)
 
@@ -588,10 +625,18 @@ def _update_schedule(
         tx.write_file(layout.REMOVE_SCHEDULE, updated.to_bytes())
 
 
-def _write_catalog_markers(tx: Transaction, image: ResolvedImage) -> None:
-    """The top-level and super-directory ``.cvmfscatalog`` markers (DESIGN.md section 8)."""
-    dirs = {layout.FLAT, layout.flat_dir(image.image_id).parent, layout.LAYERS}
-    dirs |= {layout.layer_dir(layer.digest).parent for layer in image.layers}
+def _write_catalog_markers(tx: Transaction, image: ResolvedImage, options: ConvertOptions) -> None:
+    """The top-level and super-directory ``.cvmfscatalog`` markers (DESIGN.md section 8).
+
+    Only for the trees this conversion writes: a marker in an otherwise empty directory
+    would make an empty nested catalog.
+    """
+    dirs: set[PurePosixPath] = set()
+    if not options.skip_flat:
+        dirs |= {layout.FLAT, layout.flat_dir(image.image_id).parent}
+    if not options.skip_layers:
+        dirs |= {layout.LAYERS}
+        dirs |= {layout.layer_dir(layer.digest).parent for layer in image.layers}
     for directory in sorted(dirs):
         marker = directory / layout.CATALOG_MARKER
         if not tx.exists(marker):

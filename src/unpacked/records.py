@@ -97,11 +97,17 @@ def parse_layer_records(raw: bytes | None, *, what: str) -> list[dict[str, Any]]
     return value
 
 
-def merge_layer_records(existing: list[dict[str, Any]], record: LayerRecord) -> bytes | None:
-    """``layers.json`` with ``record`` added, or None when a record of its id is there."""
-    if any(item.get("id") == record.id for item in existing):
-        return None
-    return _dump([*existing, record.to_json()])
+def merge_layer_records(
+    existing: list[dict[str, Any]], records: Iterable[LayerRecord]
+) -> bytes | None:
+    """``layers.json`` with ``records`` added, or None when all their ids are there already."""
+    known = {item.get("id") for item in existing}
+    added = []
+    for record in records:
+        if record.id not in known:
+            known.add(record.id)
+            added.append(record.to_json())
+    return _dump([*existing, *added]) if added else None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ lower directory (whiteouts as 0/0 character devices, opaque markers as the
 Differences from the oracle that are expected — what the project does on
 purpose, and what umoci makes up — are listed once, in
 ``INTENDED_FLAT_DIFFERENCES``, each with its reason; ``compare`` drops exactly
-the differences they cover.
+the differences they cover. What a published image adds to that on purpose
+(Apptainer files, bind points, catalog markers) is in
+``INTENDED_CONVERT_DIFFERENCES``.
 """
 
 from __future__ import annotations
@@ -563,3 +565,136 @@ def _stream_sha256(stream: IO[bytes]) -> tuple[str, int]:
         digest.update(chunk)
         size += len(chunk)
     return digest.hexdigest(), size
+
+
+# --- what a converted image adds on purpose -------------------------------------
+# Written down here from DESIGN.md sections 5 and 8 and Apptainer's makeSymlinks /
+# makeDirs, not taken from the code under test.
+
+APPTAINER_DIR = b".singularity.d"
+APPTAINER_LINKS: Mapping[bytes, bytes] = {
+    b"singularity": b".singularity.d/runscript",
+    b".run": b".singularity.d/actions/run",
+    b".exec": b".singularity.d/actions/exec",
+    b".shell": b".singularity.d/actions/shell",
+    b".test": b".singularity.d/actions/test",
+    b"environment": b".singularity.d/env/90-environment.sh",
+}
+BIND_POINTS = (
+    b"dev",
+    b"proc",
+    b"sys",
+    b"tmp",
+    b"var/tmp",
+    b"home",
+    b"root",
+    b"etc",
+    b"cvmfs",
+    b"srv",
+)
+PLACEHOLDERS = (b"etc/hosts", b"etc/resolv.conf")
+CATALOG_MARKER = b".cvmfscatalog"
+
+# ``var`` is created only as the parent of the ``var/tmp`` bind point.
+_ADDED_DIRS = frozenset({*BIND_POINTS, b"var"})
+_ADDITION_PARENTS = frozenset({ROOT, b"etc", b"var"})
+
+
+def _is_empty_file(node: Node) -> bool:
+    return node.kind is Kind.FILE and node.size == 0 and node.mode == 0o644 and not node.xattrs
+
+
+def _added_node(path: bytes, actual: Node) -> bool:
+    """Whether ``actual`` is what the conversion adds at ``path`` where the image has nothing."""
+    if path == APPTAINER_DIR:
+        return actual.kind is Kind.DIR
+    if path.startswith(APPTAINER_DIR + b"/"):
+        return True  # Apptainer's own files; tests/test_apptainer.py checks their content
+    if path in APPTAINER_LINKS:
+        return actual.kind is Kind.SYMLINK and actual.link_target == APPTAINER_LINKS[path]
+    if path in _ADDED_DIRS:
+        return actual.kind is Kind.DIR and actual.mode == 0o755 and not actual.xattrs
+    return (path in PLACEHOLDERS or path == CATALOG_MARKER) and _is_empty_file(actual)
+
+
+def _added_by_convert(path: bytes, expected: Node | None, actual: Node | None) -> bool:
+    return expected is None and actual is not None and _added_node(path, actual)
+
+
+CONVERT_ADDITIONS = IntendedDifference(
+    name="convert-additions",
+    why=(
+        "a flat tree must run under Apptainer like an 'apptainer build --sandbox' result "
+        "(.singularity.d/, the top-level links, the bind points and the etc/hosts and "
+        "etc/resolv.conf placeholders, each only where the image has none) and carries the "
+        "CVMFS nested-catalog marker (DESIGN.md sections 5 and 8)"
+    ),
+    field=PRESENCE,
+    accepts=_added_by_convert,
+)
+
+
+def _time_of_addition(path: bytes, expected: Node | None, actual: Node | None) -> bool:
+    if path not in _ADDITION_PARENTS or expected is None or actual is None:
+        return False
+    mtime = actual.mtime
+    recent = mtime is not None and mtime > time.time_ns() - _RECENT_NS
+    return expected.kind is Kind.DIR and actual.kind is Kind.DIR and recent
+
+
+CONVERT_ADDITION_TIMES = IntendedDifference(
+    name="convert-addition-times",
+    why=(
+        "adding the Apptainer entries gives the directories they are added to (the root, "
+        "etc, var) the time of conversion, as 'apptainer build' does"
+    ),
+    field="mtime",
+    accepts=_time_of_addition,
+)
+
+
+def _lower_group_split(path: bytes, expected: Node | None, actual: Node | None) -> bool:
+    # Names of one inode in umoci's tree may be split over several inodes in the
+    # composed tree, never joined: ``actual``'s group must lie inside ``expected``'s.
+    if expected is None or actual is None:
+        return False
+    group = set(actual.hardlinks) or {path}
+    return group <= set(expected.hardlinks)
+
+
+LOWER_HARD_LINK_COPIES = IntendedDifference(
+    name="lower-hard-link-copies",
+    why=(
+        "a hard link to a lower layer's file is a copy in layerfs (DESIGN.md section 2): "
+        "overlayfs cannot share an inode across layers. A flat tree composed from the "
+        "layer directories links each name to its layer's inode, so it shows separate "
+        "inodes where umoci has one, exactly as podman or containerd show that image"
+    ),
+    field="hardlinks",
+    accepts=_lower_group_split,
+)
+
+INTENDED_CONVERT_DIFFERENCES: tuple[IntendedDifference, ...] = (
+    *INTENDED_FLAT_DIFFERENCES,
+    LOWER_HARD_LINK_COPIES,
+    CONVERT_ADDITIONS,
+    CONVERT_ADDITION_TIMES,
+)
+"""Every deliberate difference between a published flat tree and ``umoci raw unpack``."""
+
+
+def _layer_marker(path: bytes, expected: Node | None, actual: Node | None) -> bool:
+    return (
+        path == CATALOG_MARKER
+        and expected is None
+        and actual is not None
+        and _is_empty_file(actual)
+    )
+
+
+LAYERFS_CATALOG_MARKER = IntendedDifference(
+    name="layerfs-catalog-marker",
+    why="every layerfs directory is a CVMFS nested catalog (DESIGN.md section 8)",
+    field=PRESENCE,
+    accepts=_layer_marker,
+)

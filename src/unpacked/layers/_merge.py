@@ -23,7 +23,7 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,17 +187,31 @@ def _copy_dir_metadata(directory: _Dir, st: os.stat_result) -> None:
     if os.geteuid() == 0:
         os.fchown(directory.dst, st.st_uid, st.st_gid)
     os.fchmod(directory.dst, stat.S_IMODE(st.st_mode))
+    wanted = _content_xattrs(directory.src)
+    # A directory declared again by a later layer takes that layer's xattrs only (as
+    # umoci does): drop the ones the lower layers gave it.
+    for attr in set(_content_xattrs(directory.dst)) - set(wanted):
+        _xattr_call(directory, attr, os.removexattr, directory.dst, attr)
+    for attr, value in wanted.items():
+        _xattr_call(directory, attr, os.setxattr, directory.dst, attr, value)
+
+
+def _content_xattrs(fd: int) -> dict[str, bytes]:
+    """The xattrs of an open directory, without overlayfs's bookkeeping."""
     try:
-        names = os.listxattr(directory.src)
+        names = os.listxattr(fd)
     except OSError:
-        return
-    for attr in names:
-        if attr.startswith("trusted.overlay."):
-            continue  # overlayfs bookkeeping of the layer, not image content
-        try:
-            os.setxattr(directory.dst, attr, os.getxattr(directory.src, attr))
-        except OSError as exc:
-            logger.warning("%s: xattr %s not copied: %s", directory.path or "/", attr, exc)
+        return {}
+    return {
+        name: os.getxattr(fd, name) for name in names if not name.startswith("trusted.overlay.")
+    }
+
+
+def _xattr_call(directory: _Dir, attr: str, call: Callable[..., None], *args: object) -> None:
+    try:
+        call(*args)
+    except OSError as exc:
+        logger.warning("%s: xattr %s not applied: %s", directory.path or "/", attr, exc)
 
 
 def _close_dir(directory: _Dir, st: os.stat_result | None) -> None:

@@ -1,0 +1,309 @@
+"""The collection plan: a pure function of a repository snapshot, the time and the limits.
+
+Removal units, in the order they are taken:
+
+1. layers that are garbage already (no image in their ``origin.json`` once ids that
+   exist nowhere are dropped, and no live manifest lists them), by digest;
+2. each expired image, oldest first (by unlinking time, then id), followed by the
+   layers its removal leaves without origin, by digest.
+
+``max_removals`` cuts this sequence; a layer cut off after its image stays, with an
+empty ``origin.json``, and is the first thing the next cycle removes. The taken units
+are split into batches of ``batch_size``; each batch is one transaction that removes
+its images and layers, rewrites the ``origin.json`` of every layer that listed one of
+its images, and writes the schedule without them. The first batch also does the
+bookkeeping: it takes images that are live again off the schedule, schedules orphaned
+flat trees (they get the whole grace period) and drops ids that exist nowhere from
+``origin.json`` files.
+
+The order makes the plan stable under its own execution: planning again after the
+first batch, with the removals it made taken off ``max_removals``, gives the remaining
+batches. The sweep relies on that (it re-plans under the lock of each transaction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from unpacked import layout
+from unpacked.errors import ConfigError
+from unpacked.gc._match import names
+from unpacked.gc._state import References, RepositoryState, format_time, parse_time
+from unpacked.records import RemovalSchedule, ScheduledRemoval
+from unpacked.reference import Reference
+from unpacked.reference import parse as parse_reference
+
+DEFAULT_GRACE = timedelta(days=7)
+DEFAULT_BATCH_SIZE = 50
+_MIN_GRACE = timedelta(seconds=1)
+ORPHAN = ""
+"""The ``reference`` of a schedule entry made for an orphaned flat tree (no reference left it)."""
+
+
+@dataclass(frozen=True)
+class ImageRemoval:
+    """An expired image: its flat tree goes (if there is one) and it leaves the schedule."""
+
+    image_id: str
+    reference: str
+    unlinked: str
+    flat_tree: bool
+
+
+@dataclass(frozen=True)
+class OriginUpdate:
+    """The new content of a layer's ``origin.json``."""
+
+    layer: str
+    origins: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The changes of one transaction.
+
+    schedule: the ``remove-schedule.json`` to write, or None when it does not change
+    """
+
+    images: tuple[ImageRemoval, ...] = ()
+    layers: tuple[str, ...] = ()
+    origins: tuple[OriginUpdate, ...] = ()
+    scheduled: tuple[str, ...] = ()
+    unscheduled: tuple[ScheduledRemoval, ...] = ()
+    schedule: RemovalSchedule | None = None
+
+    @property
+    def removals(self) -> int:
+        """What counts toward ``max_removals``: images and layer directories."""
+        return len(self.images) + len(self.layers)
+
+    @property
+    def empty(self) -> bool:
+        return self == Batch()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one garbage-collection cycle does, batch by batch, and what it leaves.
+
+    waiting:         scheduled, still within the grace period
+    deferred:        expired, left for the next cycle by ``max_removals``
+    deferred_layers: layers left without origin for the next cycle by ``max_removals``
+    kept:            expired, but the wish list names their reference again (it is not
+                     published now, and the next conversion would link the image again)
+    problems:        what was left alone because it could not be read
+    """
+
+    now: datetime
+    grace: timedelta
+    max_removals: int | None
+    batches: tuple[Batch, ...]
+    waiting: tuple[ScheduledRemoval, ...] = ()
+    deferred: tuple[ScheduledRemoval, ...] = ()
+    deferred_layers: tuple[str, ...] = ()
+    kept: tuple[ScheduledRemoval, ...] = ()
+    problems: tuple[str, ...] = field(default=())
+
+    @property
+    def images(self) -> tuple[ImageRemoval, ...]:
+        return tuple(image for batch in self.batches for image in batch.images)
+
+    @property
+    def layers(self) -> tuple[str, ...]:
+        return tuple(layer for batch in self.batches for layer in batch.layers)
+
+    @property
+    def origins(self) -> tuple[OriginUpdate, ...]:
+        return tuple(update for batch in self.batches for update in batch.origins)
+
+    @property
+    def scheduled(self) -> tuple[str, ...]:
+        return tuple(image for batch in self.batches for image in batch.scheduled)
+
+    @property
+    def unscheduled(self) -> tuple[ScheduledRemoval, ...]:
+        return tuple(entry for batch in self.batches for entry in batch.unscheduled)
+
+    @property
+    def removals(self) -> int:
+        return sum(batch.removals for batch in self.batches)
+
+
+_Unit = ImageRemoval | str  # an image, or a layer digest
+
+
+def plan_collection(
+    state: RepositoryState,
+    *,
+    now: datetime,
+    grace: timedelta = DEFAULT_GRACE,
+    max_removals: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    wished: Sequence[Reference] = (),
+) -> Plan:
+    """Plan one cycle (see the module docstring). ``wished``: the wish list's references."""
+    _check_limits(now, grace, max_removals, batch_size)
+    refs = state.references
+    live = refs.live_images()
+    entries = refs.schedule.entries
+    pending = sorted((e for e in entries if e.image_id not in live), key=_age)
+    expired = [e for e in pending if parse_time(e.unlinked) + grace <= now]
+    kept = [e for e in expired if _wished_again(e, wished, refs)]
+    expired = [e for e in expired if e not in kept]
+    existing = live | refs.schedule.image_ids() | state.flat_trees
+    origins = {layer: ids & existing for layer, ids in state.layers.items() if ids is not None}
+    units = _removal_order(expired, origins, refs.live_layers, state.flat_trees)
+    cut = len(units) if max_removals is None else min(max_removals, len(units))
+    orphans = tuple(sorted(state.flat_trees - live - refs.schedule.image_ids()))
+    first = Batch(scheduled=orphans, unscheduled=tuple(e for e in entries if e.image_id in live))
+    start = refs.schedule.without(live)
+    for image_id in orphans:
+        start = start.add(image_id, ORPHAN, format_time(now))
+    writer = _BatchWriter(state, origins, start)
+    chunks = [units[i : min(i + batch_size, cut)] for i in range(0, cut, batch_size)] or [[]]
+    batches = [writer.batch(chunk, first if i == 0 else Batch()) for i, chunk in enumerate(chunks)]
+    deferred_images = {u.image_id for u in units[cut:] if isinstance(u, ImageRemoval)}
+    return Plan(
+        now=now,
+        grace=grace,
+        max_removals=max_removals,
+        batches=tuple(b for b in batches if not b.empty),
+        waiting=tuple(e for e in pending if e not in expired and e not in kept),
+        deferred=tuple(e for e in expired if e.image_id in deferred_images),
+        deferred_layers=_spilled(units[cut:]),
+        kept=tuple(kept),
+        problems=tuple(
+            f"layer {layer}: origin.json unreadable; the layer is kept"
+            for layer, ids in sorted(state.layers.items())
+            if ids is None
+        ),
+    )
+
+
+def _check_limits(
+    now: datetime, grace: timedelta, max_removals: int | None, batch_size: int
+) -> None:
+    if now.tzinfo is None:
+        raise ConfigError("garbage collection needs a time with a time zone")
+    if grace < _MIN_GRACE:
+        # Orphans are scheduled at ``now`` truncated to the second: a shorter grace
+        # period would let them expire within the cycle that schedules them.
+        raise ConfigError(f"grace period must be at least one second, not {grace}")
+    if max_removals is not None and max_removals < 1:
+        raise ConfigError(f"max removals must be at least 1, not {max_removals}")
+    if batch_size < 1:
+        raise ConfigError(f"batch size must be at least 1, not {batch_size}")
+
+
+def _age(entry: ScheduledRemoval) -> tuple[datetime, str]:
+    return parse_time(entry.unlinked), entry.image_id
+
+
+def _wished_again(entry: ScheduledRemoval, wished: Sequence[Reference], refs: References) -> bool:
+    """Whether the wish list names the entry's reference and nothing is published under it.
+
+    Then the next conversion links the image again (unless the tag moved meanwhile);
+    removing it now would only make that conversion download it again. A reference
+    published with another image (a moved tag) does not protect the old one.
+    """
+    try:
+        reference = parse_reference(entry.reference)
+    except ValueError:
+        return False  # an orphan, or a reference no wish can name
+    if not any(names(wish, reference) for wish in wished):
+        return False
+    metadata = layout.metadata_dir(reference)
+    return all(image.metadata != metadata for image in refs.published)
+
+
+def _removal_order(
+    expired: Iterable[ScheduledRemoval],
+    origins: Mapping[str, frozenset[str]],
+    live_layers: frozenset[str],
+    flat_trees: frozenset[str],
+) -> list[_Unit]:
+    current = dict(origins)
+    users: dict[str, list[str]] = {}
+    for layer in sorted(origins):
+        for image_id in origins[layer]:
+            users.setdefault(image_id, []).append(layer)
+    units: list[_Unit] = [
+        layer for layer in sorted(current) if not current[layer] and layer not in live_layers
+    ]
+    for entry in expired:
+        image_id = entry.image_id
+        units.append(
+            ImageRemoval(image_id, entry.reference, entry.unlinked, image_id in flat_trees)
+        )
+        freed = []
+        for layer in users.get(image_id, ()):
+            current[layer] = current[layer] - {image_id}
+            if not current[layer] and layer not in live_layers:
+                freed.append(layer)
+        units.extend(sorted(freed))
+    return units
+
+
+def _spilled(rest: Sequence[_Unit]) -> tuple[str, ...]:
+    """The layers cut off before the next image: left without origin until the next cycle."""
+    spilled = []
+    for unit in rest:
+        if isinstance(unit, ImageRemoval):
+            break
+        spilled.append(unit)
+    return tuple(spilled)
+
+
+class _BatchWriter:
+    """Turns chunks of removal units into batches, tracking what each one leaves written."""
+
+    def __init__(
+        self,
+        state: RepositoryState,
+        origins: Mapping[str, frozenset[str]],
+        schedule: RemovalSchedule,
+    ) -> None:
+        self._origins = origins
+        self._written = {layer: ids for layer, ids in state.layers.items() if ids is not None}
+        self._users: dict[str, set[str]] = {}
+        for layer, ids in origins.items():
+            for image_id in ids:
+                self._users.setdefault(image_id, set()).add(layer)
+        self._removed: set[str] = set()
+        self._gone: set[str] = set()
+        self._schedule = schedule
+        self._schedule_written = state.references.schedule
+        self._first = True
+
+    def batch(self, chunk: Sequence[_Unit], bookkeeping: Batch) -> Batch:
+        images = tuple(u for u in chunk if isinstance(u, ImageRemoval))
+        layers = tuple(u for u in chunk if isinstance(u, str))
+        self._removed |= {image.image_id for image in images}
+        self._gone |= set(layers)
+        touched = set(self._origins) if self._first else set()
+        for image in images:
+            touched |= self._users.get(image.image_id, set())
+        self._first = False
+        self._schedule = self._schedule.without(image.image_id for image in images)
+        schedule = None
+        if self._schedule != self._schedule_written:
+            schedule = self._schedule_written = self._schedule
+        return Batch(
+            images,
+            layers,
+            self._updates(touched),
+            bookkeeping.scheduled,
+            bookkeeping.unscheduled,
+            schedule,
+        )
+
+    def _updates(self, touched: set[str]) -> tuple[OriginUpdate, ...]:
+        updates = []
+        for layer in sorted(touched - self._gone):
+            wanted = self._origins[layer] - self._removed
+            if wanted != self._written[layer]:
+                updates.append(OriginUpdate(layer, tuple(sorted(wanted))))
+                self._written[layer] = wanted
+        return tuple(updates)

@@ -1,0 +1,119 @@
+"""The sweep: carry out a collection plan through a publisher, one transaction per batch.
+
+Every batch is planned afresh under the lock of its own transaction, so that an image
+linked again by a conversion that ran between two batches is never removed; without
+such a writer, the batches carried out are exactly those of the plan a dry run shows
+(the plan is stable under its own execution, see ``_plan``). A sweep killed at any
+moment leaves whole batches: the next transaction on the repository completes or
+discards the one under way, and the next cycle carries on from there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from unpacked import layout
+from unpacked.digest import Digest
+from unpacked.gc._plan import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_GRACE,
+    Batch,
+    Plan,
+    plan_collection,
+)
+from unpacked.gc._state import read_state
+from unpacked.publish import Publisher, Transaction
+from unpacked.records import origin_json
+from unpacked.reference import Reference
+
+logger = logging.getLogger(__name__)
+
+
+def plan_garbage_collection(
+    publisher: Publisher,
+    *,
+    now: datetime,
+    grace: timedelta = DEFAULT_GRACE,
+    max_removals: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    wished: Sequence[Reference] = (),
+) -> Plan:
+    """What ``collect_garbage`` with the same arguments would do now; changes nothing."""
+    return plan_collection(
+        read_state(publisher.root),
+        now=now,
+        grace=grace,
+        max_removals=max_removals,
+        batch_size=batch_size,
+        wished=wished,
+    )
+
+
+def collect_garbage(
+    publisher: Publisher,
+    *,
+    now: datetime,
+    grace: timedelta = DEFAULT_GRACE,
+    max_removals: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    wished: Sequence[Reference] = (),
+    lock_timeout: float = 600.0,
+) -> Plan:
+    """Run one collection cycle; return the plan with the batches actually carried out."""
+    first: Plan | None = None
+    done: list[Batch] = []
+    budget = max_removals
+    while True:
+        with publisher.transaction(lock_timeout=lock_timeout) as tx:
+            plan = plan_collection(
+                read_state(publisher.root),
+                now=now,
+                grace=grace,
+                max_removals=budget,
+                batch_size=batch_size,
+                wished=wished,
+            )
+            first = first or plan
+            if not plan.batches:
+                break
+            apply_batch(tx, plan.batches[0])
+        done.append(plan.batches[0])
+        _log_batch(publisher, len(done), plan.batches[0])
+        if budget is not None:
+            budget -= plan.batches[0].removals
+        if len(plan.batches) == 1 or budget == 0:
+            break
+    assert first is not None
+    return dataclasses.replace(first, batches=tuple(done))
+
+
+def apply_batch(tx: Transaction, batch: Batch) -> None:
+    """Record one batch in ``tx``: files first, then removals (trees go after the links, P4)."""
+    for update in batch.origins:
+        tx.write_file(
+            layout.layer_origin_file(Digest.parse(update.layer)), origin_json(update.origins)
+        )
+    if batch.schedule is not None:
+        tx.write_file(layout.REMOVE_SCHEDULE, batch.schedule.to_bytes())
+    for image in batch.images:
+        if image.flat_tree:
+            tx.remove(layout.flat_dir(Digest.parse(image.image_id)))
+    for layer in batch.layers:
+        tx.remove(layout.layer_dir(Digest.parse(layer)))
+
+
+def _log_batch(publisher: Publisher, number: int, batch: Batch) -> None:
+    logger.info(
+        "%s: garbage collection batch %d: %d image(s), %d layer(s) removed, "
+        "%d origin.json rewritten, %d orphan(s) scheduled, %d unscheduled",
+        publisher.spec,
+        number,
+        len(batch.images),
+        len(batch.layers),
+        len(batch.origins),
+        len(batch.scheduled),
+        len(batch.unscheduled),
+    )
