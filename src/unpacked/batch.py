@@ -14,12 +14,19 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from unpacked import errors
-from unpacked.convert import ConvertOptions, ConvertResult, convert_image, record_failure
+from unpacked.convert import (
+    ConvertOptions,
+    ConvertResult,
+    convert_image,
+    record_checks,
+    record_failure,
+    utc_now,
+)
 from unpacked.platform import DEFAULT, Platform
 from unpacked.publish import Publisher
 from unpacked.reference import Reference
@@ -49,6 +56,8 @@ class ImageOutcome:
     attempts: int
     error: str | None = None
     result: ConvertResult | None = None
+    options: ConvertOptions = field(default_factory=ConvertOptions)
+    """The options the image was converted with (where its status lives)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +159,7 @@ def convert_wishlist(
 ) -> BatchReport:
     """Convert every image of ``wishlist``; failures are collected, not raised."""
     stop = stop or threading.Event()
-    wait = sleep or stop.wait  # returns True when stopping: the backoff ends early
+    wait = sleep if sleep is not None else stop.wait  # True when stopping: backoff ends early
     jobs, failures = plan_jobs(wishlist.wishes, client)
     by_registry: dict[str, list[Job]] = {}
     for job in jobs:
@@ -160,7 +169,21 @@ def convert_wishlist(
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="registry") as pool:
         batches = list(pool.map(runner.run_all, by_registry.values()))
     outcomes = tuple(outcome for batch in batches for outcome in batch)
+    _record_checks(publisher, outcomes, options)
     return BatchReport(outcomes, tuple(failures), stopped=stop.is_set())
+
+
+def _record_checks(
+    publisher: Publisher, outcomes: Sequence[ImageOutcome], options: BatchOptions
+) -> None:
+    """lastCheck of every unchanged image, in one transaction for the whole batch."""
+    checked = [
+        (image.reference, image.options) for image in outcomes if image.outcome == "unchanged"
+    ]
+    try:
+        record_checks(publisher, checked, utc_now(), options.convert.lock_timeout)
+    except errors.UnpackedError as exc:
+        logger.warning("could not record the check times of unchanged images: %s", exc)
 
 
 @dataclass
@@ -195,12 +218,25 @@ class _Runner:
                 if self._give_up(job, exc, attempt):
                     record_failure(self.publisher, job.reference, exc, convert_options)
                     return ImageOutcome(
-                        job.wish, job.reference, job.platform, "failed", attempt, str(exc)
+                        job.wish,
+                        job.reference,
+                        job.platform,
+                        "failed",
+                        attempt,
+                        str(exc),
+                        options=convert_options,
                     )
                 continue
             outcome = result.outcome.value
             return ImageOutcome(
-                job.wish, job.reference, job.platform, outcome, attempt, None, result
+                job.wish,
+                job.reference,
+                job.platform,
+                outcome,
+                attempt,
+                None,
+                result,
+                options=convert_options,
             )
 
     def _give_up(self, job: Job, exc: errors.UnpackedError, attempt: int) -> bool:
@@ -217,6 +253,7 @@ class _Runner:
 def _options_for(job: Job, base: ConvertOptions) -> ConvertOptions:
     return replace(
         base,
+        record_check=False,
         platform=job.platform,
         public_link=job.primary,
         multiarch=job.multiarch,

@@ -21,7 +21,7 @@ import enum
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -76,6 +76,9 @@ class ConvertOptions:
     skip_layers: bool = False
     public_link: bool = True
     multiarch: bool = False
+    record_check: bool = True
+    """Update an unchanged image's lastCheck at once. A batch passes False and records the
+    checks of all its unchanged images in one transaction (``record_checks``)."""
     download_workers: int = 3
     lock_timeout: float = 600.0
 
@@ -147,7 +150,8 @@ class ConvertResult:
     seconds: float = 0.0
 
 
-def _utc_now() -> str:
+def utc_now() -> str:
+    """The current time as status.json writes it (UTC, seconds)."""
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -158,7 +162,7 @@ def convert_image(
     publisher: Publisher,
     options: ConvertOptions = ConvertOptions(),
     progress: ProgressCallback | None = None,
-    now: Callable[[], str] = _utc_now,
+    now: Callable[[], str] = utc_now,
 ) -> ConvertResult:
     """Publish ``reference`` into ``publisher``'s repository, or find it up to date."""
     _check_options(reference, options)
@@ -167,7 +171,8 @@ def convert_image(
     head = client.head_manifest(reference)
     previous = read_status(publisher.root, reference, place.status_file)
     if previous is not None and _is_current(publisher.root, place, head, previous, options):
-        _touch(publisher, place, previous, now(), options)
+        if options.record_check:
+            record_checks(publisher, [(reference, options)], now(), options.lock_timeout)
         logger.info("%s: unchanged (%s)", reference, head.digest)
         return ConvertResult(
             reference,
@@ -246,16 +251,29 @@ def _layers_present(root: Path, place: Placement) -> bool:
     return all((root / layout.layerfs_dir(layer.digest)).is_dir() for layer in manifest.layers)
 
 
-def _touch(
+def record_checks(
     publisher: Publisher,
-    place: Placement,
-    status: ImageStatus,
-    checked: str,
-    options: ConvertOptions,
+    checked: Sequence[tuple[Reference, ConvertOptions]],
+    when: str,
+    lock_timeout: float = 600.0,
 ) -> None:
-    updated = ImageStatus(**{**status.__dict__, "last_check": checked, "last_error": None})
-    with publisher.transaction(lock_timeout=options.lock_timeout) as tx:
-        tx.write_file(place.status_file, updated.to_bytes())
+    """Set lastCheck (and clear lastError) of these unchanged images, in one transaction.
+
+    One transaction for a whole batch: on CVMFS every transaction is a publish, and a
+    no-op run should not cost one per image.
+    """
+    updates = []
+    for reference, options in checked:
+        status_file = placement(reference, options).status_file
+        status = read_status(publisher.root, reference, status_file)
+        if status is not None:
+            fields = {**status.__dict__, "last_check": when, "last_error": None}
+            updates.append((status_file, ImageStatus(**fields).to_bytes()))
+    if not updates:
+        return
+    with publisher.transaction(lock_timeout=lock_timeout) as tx:
+        for status_file, data in updates:
+            tx.write_file(status_file, data)
 
 
 def record_failure(
@@ -274,7 +292,7 @@ def record_failure(
     status = read_status(publisher.root, reference, status_file)
     if status is None:
         return
-    when = when or _utc_now()
+    when = when or utc_now()
     updated = ImageStatus(**{**status.__dict__, "last_check": when, "last_error": str(error)})
     try:
         with publisher.transaction(lock_timeout=60) as tx:

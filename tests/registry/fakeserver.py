@@ -141,6 +141,8 @@ class FakeRegistry:
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeRegistry
     protocol_version = "HTTP/1.1"
+    # Small answers on a keep-alive connection wait ~40 ms for delayed ACKs otherwise.
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         self._answer(send_body=True)

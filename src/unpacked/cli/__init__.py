@@ -149,7 +149,11 @@ def _add_wishlist_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         add_skip_options(parser)
         parser.add_argument("--strict", action="store_true", help="wish-list warnings are errors")
         parser.add_argument(
-            "--attempts", type=int, default=3, help="attempts per image (default: %(default)s)"
+            "--attempts",
+            type=int,
+            default=3,
+            help="attempts per image, with backoff, for errors that may pass (default: "
+            "%(default)s); each attempt's requests are retried by the registry client too",
         )
         _json_option(parser)
         add_registry_options(parser)

@@ -21,8 +21,7 @@ from unpacked.convert import ConvertOptions, convert_image, record_failure
 from unpacked.platform import Platform
 from unpacked.reference import Reference
 from unpacked.reference import parse as parse_reference
-from unpacked.registry import RegistryClient, RegistryOptions
-from unpacked.registry._endpoint import is_loopback
+from unpacked.registry import RegistryClient, RegistryOptions, scheme_for
 from unpacked.stats import repository_stats
 from unpacked.status import list_statuses
 from unpacked.summary import summarize
@@ -229,7 +228,9 @@ def _check_syntax(item: str, strict: bool) -> _Check:
         if Path(item).is_file():
             wishlist = load(Path(item), strict=strict)
             warnings = "".join(f"\n    warning: {w}" for w in wishlist.warnings)
-            return _Check(item, None, True, f"{len(wishlist.wishes)} images{warnings}")
+            count = len(wishlist.wishes)
+            images = f"{count} image{'' if count == 1 else 's'}"
+            return _Check(item, None, True, f"{images}{warnings}")
         return _Check(item, None, True, str(parse_reference(item)))
     except errors.UnpackedError as exc:
         return _Check(item, None, False, str(exc))
@@ -253,8 +254,4 @@ def expand_wildcard(args: argparse.Namespace) -> int:
 def _url_form(reference: Reference, options: RegistryOptions) -> str:
     """DUCC's URL form, with the scheme the tags were listed over: a registry reached over
     plain HTTP (loopback, --insecure-registry) must not come back as https://."""
-    if reference.scheme is None and (
-        reference.registry in options.insecure or is_loopback(reference.registry)
-    ):
-        reference = replace(reference, scheme="http")
-    return reference.url_form()
+    return replace(reference, scheme=scheme_for(reference, options)).url_form()

@@ -11,6 +11,7 @@ private: ``_auth`` (the auth flow), ``_challenge`` (``WWW-Authenticate``),
 """
 
 from ._client import FetchedManifest, RegistryClient, ResolvedImage
+from ._endpoint import scheme_for
 from ._options import RegistryOptions
 from ._stream import BlobStream
 
@@ -20,4 +21,5 @@ __all__ = [
     "RegistryClient",
     "RegistryOptions",
     "ResolvedImage",
+    "scheme_for",
 ]

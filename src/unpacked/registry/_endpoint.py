@@ -59,10 +59,13 @@ def endpoint_for(reference: Reference, options: RegistryOptions) -> Endpoint:
     mirror = options.mirrors.get(registry)
     if mirror is not None:
         return Endpoint(registry, mirror.rstrip("/"), urlsplit(mirror).netloc)
+    return Endpoint(registry, f"{scheme_for(reference, options)}://{api_host(registry)}", registry)
+
+
+def scheme_for(reference: Reference, options: RegistryOptions) -> str:
+    """``http`` or ``https``: the scheme the registry of ``reference`` is reached over."""
     if reference.scheme:
-        scheme = reference.scheme
-    elif registry in options.insecure or is_loopback(registry):
-        scheme = "http"
-    else:
-        scheme = "https"
-    return Endpoint(registry, f"{scheme}://{api_host(registry)}", registry)
+        return reference.scheme
+    if reference.registry in options.insecure or is_loopback(reference.registry):
+        return "http"
+    return "https"
