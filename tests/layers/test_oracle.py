@@ -343,7 +343,8 @@ OVERLAY_DIVERGES = {
         "an entry below a lower layer's symlink to a directory: the flat tree follows the "
         "symlink inside the root (as umoci does); its layerfs puts a directory in the "
         "symlink's place, which overlayfs shows instead of the symlink (as containerd does). "
-        "Undecided: LAYERFS could resolve such parents through the lower tree"
+        "Kept on purpose: a layer directory is shared by every image that uses the layer, so "
+        "it must not depend on the layers below it in one particular image"
     ),
 }
 
