@@ -142,7 +142,7 @@ def _load_wishlist(path: str) -> WishList:
 
 
 def garbage_collection(args: argparse.Namespace) -> int:
-    publisher = publisher_for(args.repo)
+    publisher = publisher_for(args.repo, create=False)
     wished: tuple[Reference, ...] = ()
     if args.wishlist:
         wished = tuple(wish.reference for wish in _load_wishlist(args.wishlist).wishes)
@@ -164,7 +164,7 @@ def garbage_collection(args: argparse.Namespace) -> int:
 
 
 def delete(args: argparse.Namespace) -> int:
-    publisher = publisher_for(args.repo)
+    publisher = publisher_for(args.repo, create=False)
     unlinked = delete_image(publisher, parse_reference(args.reference), now=_now())
     if args.json:
         render.print_json(unlinked_json(unlinked))
@@ -175,7 +175,7 @@ def delete(args: argparse.Namespace) -> int:
 
 def prune_command(args: argparse.Namespace) -> int:
     wishlist = _load_wishlist(args.wishlist)
-    publisher = publisher_for(args.repo, wishlist.repository)
+    publisher = publisher_for(args.repo, wishlist.repository, create=False)
     run = plan_prune if args.dry_run else prune
     with RegistryClient(client_options(args)) as client:
         plan = run(publisher, wishlist.wishes, list_tags=client.list_tags, now=_now())

@@ -24,13 +24,14 @@ batches. The sweep relies on that (it re-plans under the lock of each transactio
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import PurePosixPath
 
 from unpacked import layout
 from unpacked.errors import ConfigError
 from unpacked.gc._match import names
-from unpacked.gc._state import References, RepositoryState, format_time, parse_time
+from unpacked.gc._state import RepositoryState, format_time, parse_time, public_name_of
 from unpacked.records import RemovalSchedule, ScheduledRemoval
 from unpacked.reference import Reference
 from unpacked.reference import parse as parse_reference
@@ -104,7 +105,7 @@ class Plan:
     deferred: tuple[ScheduledRemoval, ...] = ()
     deferred_layers: tuple[str, ...] = ()
     kept: tuple[ScheduledRemoval, ...] = ()
-    problems: tuple[str, ...] = field(default=())
+    problems: tuple[str, ...] = ()
 
     @property
     def images(self) -> tuple[ImageRemoval, ...]:
@@ -147,31 +148,33 @@ def plan_collection(
     _check_limits(now, grace, max_removals, batch_size)
     refs = state.references
     live = refs.live_images()
-    entries = refs.schedule.entries
-    pending = sorted((e for e in entries if e.image_id not in live), key=_age)
+    pending = sorted((e for e in refs.schedule.entries if e.image_id not in live), key=_age)
     expired = [e for e in pending if parse_time(e.unlinked) + grace <= now]
-    kept = [e for e in expired if _wished_again(e, wished, refs)]
-    expired = [e for e in expired if e not in kept]
+    published = frozenset(public_name_of(image.metadata) for image in refs.published)
+    kept = [e for e in expired if _wished_again(e, wished, published)]
+    protected = frozenset(kept)
+    expired = [e for e in expired if e not in protected]
     existing = live | refs.schedule.image_ids() | state.flat_trees
     origins = {layer: ids & existing for layer, ids in state.layers.items() if ids is not None}
-    units = _removal_order(expired, origins, refs.live_layers, state.flat_trees)
+    users: dict[str, list[str]] = {}
+    for layer in sorted(origins):
+        for image_id in origins[layer]:
+            users.setdefault(image_id, []).append(layer)
+    units = _removal_order(expired, origins, users, refs.live_layers, state.flat_trees)
     cut = len(units) if max_removals is None else min(max_removals, len(units))
-    orphans = tuple(sorted(state.flat_trees - live - refs.schedule.image_ids()))
-    first = Batch(scheduled=orphans, unscheduled=tuple(e for e in entries if e.image_id in live))
-    start = refs.schedule.without(live)
-    for image_id in orphans:
-        start = start.add(image_id, ORPHAN, format_time(now))
-    writer = _BatchWriter(state, origins, start)
+    first, schedule = _bookkeeping(state, live, now)
+    writer = _BatchWriter(state, origins, users, schedule)
     chunks = [units[i : min(i + batch_size, cut)] for i in range(0, cut, batch_size)] or [[]]
     batches = [writer.batch(chunk, first if i == 0 else Batch()) for i, chunk in enumerate(chunks)]
-    deferred_images = {u.image_id for u in units[cut:] if isinstance(u, ImageRemoval)}
+    deferred = {u.image_id for u in units[cut:] if isinstance(u, ImageRemoval)}
+    gone = {e.image_id for e in expired} | {e.image_id for e in kept}
     return Plan(
         now=now,
         grace=grace,
         max_removals=max_removals,
         batches=tuple(b for b in batches if not b.empty),
-        waiting=tuple(e for e in pending if e not in expired and e not in kept),
-        deferred=tuple(e for e in expired if e.image_id in deferred_images),
+        waiting=tuple(e for e in pending if e.image_id not in gone),
+        deferred=tuple(e for e in expired if e.image_id in deferred),
         deferred_layers=_spilled(units[cut:]),
         kept=tuple(kept),
         problems=tuple(
@@ -180,6 +183,22 @@ def plan_collection(
             if ids is None
         ),
     )
+
+
+def _bookkeeping(
+    state: RepositoryState, live: frozenset[str], now: datetime
+) -> tuple[Batch, RemovalSchedule]:
+    """The first batch's extra work, and the schedule it starts from.
+
+    Images live again leave the schedule; orphaned flat trees join it as of ``now``.
+    """
+    schedule = state.references.schedule
+    orphans = tuple(sorted(state.flat_trees - live - schedule.image_ids()))
+    unscheduled = tuple(e for e in schedule.entries if e.image_id in live)
+    start = schedule.without(live)
+    entries = [ScheduledRemoval(image_id, ORPHAN, format_time(now)) for image_id in orphans]
+    start = RemovalSchedule((*start.entries, *entries))
+    return Batch(scheduled=orphans, unscheduled=unscheduled), start
 
 
 def _check_limits(
@@ -201,34 +220,34 @@ def _age(entry: ScheduledRemoval) -> tuple[datetime, str]:
     return parse_time(entry.unlinked), entry.image_id
 
 
-def _wished_again(entry: ScheduledRemoval, wished: Sequence[Reference], refs: References) -> bool:
+def _wished_again(
+    entry: ScheduledRemoval, wished: Sequence[Reference], published: frozenset[PurePosixPath]
+) -> bool:
     """Whether the wish list names the entry's reference and nothing is published under it.
 
     Then the next conversion links the image again (unless the tag moved meanwhile);
     removing it now would only make that conversion download it again. A reference
     published with another image (a moved tag) does not protect the old one.
     """
+    if not wished:
+        return False
     try:
         reference = parse_reference(entry.reference)
     except ValueError:
         return False  # an orphan, or a reference no wish can name
     if not any(names(wish, reference) for wish in wished):
         return False
-    metadata = layout.metadata_dir(reference)
-    return all(image.metadata != metadata for image in refs.published)
+    return layout.public_link(reference) not in published
 
 
 def _removal_order(
     expired: Iterable[ScheduledRemoval],
     origins: Mapping[str, frozenset[str]],
+    users: Mapping[str, Sequence[str]],
     live_layers: frozenset[str],
     flat_trees: frozenset[str],
 ) -> list[_Unit]:
     current = dict(origins)
-    users: dict[str, list[str]] = {}
-    for layer in sorted(origins):
-        for image_id in origins[layer]:
-            users.setdefault(image_id, []).append(layer)
     units: list[_Unit] = [
         layer for layer in sorted(current) if not current[layer] and layer not in live_layers
     ]
@@ -263,14 +282,12 @@ class _BatchWriter:
         self,
         state: RepositoryState,
         origins: Mapping[str, frozenset[str]],
+        users: Mapping[str, Sequence[str]],
         schedule: RemovalSchedule,
     ) -> None:
         self._origins = origins
+        self._users = users
         self._written = {layer: ids for layer, ids in state.layers.items() if ids is not None}
-        self._users: dict[str, set[str]] = {}
-        for layer, ids in origins.items():
-            for image_id in ids:
-                self._users.setdefault(image_id, set()).add(layer)
         self._removed: set[str] = set()
         self._gone: set[str] = set()
         self._schedule = schedule
@@ -284,7 +301,7 @@ class _BatchWriter:
         self._gone |= set(layers)
         touched = set(self._origins) if self._first else set()
         for image in images:
-            touched |= self._users.get(image.image_id, set())
+            touched.update(self._users.get(image.image_id, ()))
         self._first = False
         self._schedule = self._schedule.without(image.image_id for image in images)
         schedule = None

@@ -50,7 +50,11 @@ def parse_time(text: str) -> datetime:
 
 @dataclass(frozen=True)
 class PublishedImage:
-    """A reference with a ``status.json``: where its metadata is, and its image."""
+    """A ``status.json``: its reference, its directory, its image.
+
+    A reference published for several platforms has one per platform: the default one
+    in ``.metadata/<name>``, the others in ``.metadata/.multiarch/<arch>/<name>``.
+    """
 
     reference: Reference
     metadata: PurePosixPath
@@ -191,9 +195,21 @@ def _published(root: Path, metadata: PurePosixPath) -> PublishedImage:
         reference = parse_reference(status.reference)
     except (OSError, ValueError) as exc:
         raise PublishError(f"{path}: unreadable image status: {exc}") from exc
-    if layout.metadata_dir(reference) != metadata:
+    if public_name_of(metadata) != layout.public_link(reference):
         raise PublishError(f"{path}: records {reference}, which belongs in another directory")
     return PublishedImage(reference, metadata, status.image_id)
+
+
+def public_name_of(metadata: PurePosixPath) -> PurePosixPath:
+    """The public name a metadata directory belongs to.
+
+    ``.metadata/<name>``, or ``.metadata/.multiarch/<arch>/<name>`` for the image of a
+    further platform (published with a ``.multiarch`` link only).
+    """
+    parts = metadata.parts[1:]
+    if parts and parts[0] == _MULTIARCH:
+        parts = parts[2:]
+    return PurePosixPath(*parts)
 
 
 def _manifest_layers(path: Path) -> frozenset[str]:

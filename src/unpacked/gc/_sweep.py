@@ -40,10 +40,18 @@ def plan_garbage_collection(
     max_removals: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     wished: Sequence[Reference] = (),
+    lock_timeout: float = 600.0,
 ) -> Plan:
-    """What ``collect_garbage`` with the same arguments would do now; changes nothing."""
+    """What ``collect_garbage`` with the same arguments would do now; changes nothing.
+
+    Reads under the repository lock, so that no commit is seen half-way (``_base`` N1).
+    A commit a crash interrupted is completed by the sweep's first transaction, so the
+    plan can differ from the sweep only then (or when another writer comes between).
+    """
+    with publisher.locked(lock_timeout=lock_timeout):
+        state = read_state(publisher.root)
     return plan_collection(
-        read_state(publisher.root),
+        state,
         now=now,
         grace=grace,
         max_removals=max_removals,
@@ -91,7 +99,7 @@ def collect_garbage(
 
 
 def apply_batch(tx: Transaction, batch: Batch) -> None:
-    """Record one batch in ``tx``: files first, then removals (trees go after the links, P4)."""
+    """Record one batch in ``tx``: ``origin.json`` files and the schedule, then the removals."""
     for update in batch.origins:
         tx.write_file(
             layout.layer_origin_file(Digest.parse(update.layer)), origin_json(update.origins)

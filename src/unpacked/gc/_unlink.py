@@ -17,7 +17,7 @@ from pathlib import PurePosixPath
 from unpacked import layout
 from unpacked.errors import ConfigError, UnpackedError
 from unpacked.gc._match import names
-from unpacked.gc._state import References, format_time, read_references
+from unpacked.gc._state import References, format_time, public_name_of, read_references
 from unpacked.publish import Publisher, Transaction
 from unpacked.records import RemovalSchedule
 from unpacked.reference import Reference
@@ -53,14 +53,14 @@ class UnlinkPlan:
 
 def plan_unlink(refs: References, targets: Sequence[Reference], *, now: datetime) -> UnlinkPlan:
     """What unlinking ``targets`` together changes. Pure."""
-    found = [(target, _paths(refs, target)) for target in targets]
+    index = _Index(refs)
+    found = [(target, index.paths(target)) for target in targets]
     removed = {path for _, paths in found for path in paths}
-    users = {image for path, image in refs.links.items() if path not in removed}
-    users |= {image.image_id for image in refs.published if image.metadata not in removed}
+    users = {image for path, image in index.images.items() if path not in removed}
     schedule = refs.schedule
     unlinked = []
     for target, paths in found:
-        images = sorted(_images(refs, paths))
+        images = sorted({index.images[path] for path in paths})
         for image_id in images:
             if image_id not in users:
                 schedule = schedule.add(image_id, str(target), format_time(now))
@@ -76,28 +76,26 @@ def plan_unlink(refs: References, targets: Sequence[Reference], *, now: datetime
     return UnlinkPlan(tuple(unlinked), changed)
 
 
-def _paths(refs: References, target: Reference) -> tuple[PurePosixPath, ...]:
-    link = layout.public_link(target)
-    paths = [
-        path
-        for path in sorted(refs.links)
-        if path == link or (path.parts[0] == str(layout.MULTIARCH) and _multiarch_of(path, link))
-    ]
-    metadata = layout.metadata_dir(target)
-    if any(image.metadata == metadata for image in refs.published):
-        paths.append(metadata)
-    return tuple(paths)
+class _Index:
+    """The links and metadata directories of each public name, and the image each uses."""
 
+    def __init__(self, refs: References) -> None:
+        self.images: dict[PurePosixPath, str] = dict(refs.links)
+        self._links: dict[PurePosixPath, list[PurePosixPath]] = {}
+        self._metadata: dict[PurePosixPath, list[PurePosixPath]] = {}
+        for path in sorted(refs.links):
+            # .multiarch/<arch>/<public name> belongs to <public name> too.
+            multiarch = path.parts[0] == str(layout.MULTIARCH) and len(path.parts) > 2
+            name = PurePosixPath(*path.parts[2:]) if multiarch else path
+            self._links.setdefault(name, []).append(path)
+        for image in sorted(refs.published, key=lambda image: image.metadata):
+            self.images[image.metadata] = image.image_id
+            self._metadata.setdefault(public_name_of(image.metadata), []).append(image.metadata)
 
-def _multiarch_of(path: PurePosixPath, link: PurePosixPath) -> bool:
-    """Whether ``path`` is ``.multiarch/<arch>/<link>``."""
-    return len(path.parts) > 2 and PurePosixPath(*path.parts[2:]) == link
-
-
-def _images(refs: References, paths: Iterable[PurePosixPath]) -> set[str]:
-    chosen = set(paths)
-    images = {image for path, image in refs.links.items() if path in chosen}
-    return images | {image.image_id for image in refs.published if image.metadata in chosen}
+    def paths(self, target: Reference) -> tuple[PurePosixPath, ...]:
+        """Links first, metadata last: removals are published in call order (P4)."""
+        name = layout.public_link(target)
+        return (*self._links.get(name, ()), *self._metadata.get(name, ()))
 
 
 def apply_unlink(tx: Transaction, plan: UnlinkPlan) -> None:
@@ -155,12 +153,17 @@ _Listing = frozenset[str] | str  # the tags, or why they could not be listed
 
 
 def plan_prune(
-    publisher: Publisher, wishes: Sequence[Wish], *, list_tags: ListTags, now: datetime
+    publisher: Publisher,
+    wishes: Sequence[Wish],
+    *,
+    list_tags: ListTags,
+    now: datetime,
+    lock_timeout: float = 600.0,
 ) -> PrunePlan:
     """What ``prune`` would do now; lists wildcard tags, changes nothing."""
     _check_wishes(wishes)
     listings = _list_wildcards(wishes, list_tags)
-    return _decide(read_references(publisher.root), wishes, listings, now=now)
+    return _decide(_read_locked(publisher, lock_timeout), wishes, listings, now=now)
 
 
 def prune(
@@ -179,7 +182,7 @@ def prune(
     """
     _check_wishes(wishes)
     listings = _list_wildcards(wishes, list_tags)
-    before = _decide(read_references(publisher.root), wishes, listings, now=now)
+    before = _decide(_read_locked(publisher, lock_timeout), wishes, listings, now=now)
     candidates = {unlinked.reference for unlinked in before.unlink.unlinked}
     if not candidates:
         return before
@@ -188,6 +191,12 @@ def prune(
         apply_unlink(tx, plan.unlink)
     logger.info("%s: pruned %d reference(s)", publisher.spec, len(plan.unlink.unlinked))
     return plan
+
+
+def _read_locked(publisher: Publisher, lock_timeout: float) -> References:
+    """The references, read under the repository lock (no commit seen half-way)."""
+    with publisher.locked(lock_timeout=lock_timeout):
+        return read_references(publisher.root)
 
 
 def _check_wishes(wishes: Sequence[Wish]) -> None:
@@ -224,8 +233,12 @@ def _decide(
     wanted: list[str] = []
     unwanted: list[Reference] = []
     kept: dict[Reference, list[str]] = {}
+    seen: set[str] = set()
     for image in refs.published:
         name = image.reference.public_name
+        if name in seen:  # the same reference for another platform
+            continue
+        seen.add(name)
         verdict = _verdict(image.reference, wishes, listings)
         if verdict.wanted:
             wanted.append(name)

@@ -39,6 +39,16 @@ Decisions that differ between tools, made here:
 
 from unpacked.layers._apply import apply_layer, unpack_flat, unpack_layer
 from unpacked.layers._compression import open_layer
+from unpacked.layers._merge import MergeStats, merge_layer
 from unpacked.layers._report import ApplyReport, Target
 
-__all__ = ["ApplyReport", "Target", "apply_layer", "open_layer", "unpack_flat", "unpack_layer"]
+__all__ = [
+    "ApplyReport",
+    "MergeStats",
+    "Target",
+    "apply_layer",
+    "merge_layer",
+    "open_layer",
+    "unpack_flat",
+    "unpack_layer",
+]

@@ -1,0 +1,105 @@
+"""The conversion pipeline: one image reference in, one published image (or an error) out.
+
+    HEAD manifest ─▶ unchanged? ─yes─▶ status.json: last check ─▶ done (no blob requests)
+        │no
+    manifest (index → platform) + config
+        │
+    one transaction:
+        download missing layers (in parallel, verified, to scratch files)
+        ─▶ each new layer unpacked once into .layers/<l2>/<l>/layerfs
+        ─▶ flat tree composed from the layer directories with hard links, plus the
+           Apptainer files ─▶ .flat/<c2>/<c>
+        ─▶ origin.json / layers.json of every layer, manifest.json, status.json
+        ─▶ public link swapped last
+
+Anything that fails inside the transaction leaves the repository as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from unpacked.convert._current import is_current, record_checks, record_failure
+from unpacked.convert._job import Job
+from unpacked.convert._model import (
+    ConvertOptions,
+    ConvertResult,
+    LayerProgress,
+    Outcome,
+    Placement,
+    ProgressCallback,
+    placement,
+    utc_now,
+)
+from unpacked.digest import Digest
+from unpacked.errors import ConfigError
+from unpacked.platform import Platform
+from unpacked.publish import Publisher
+from unpacked.reference import Reference
+from unpacked.registry import RegistryClient
+from unpacked.status import read_status
+
+__all__ = [
+    "ConvertOptions",
+    "ConvertResult",
+    "LayerProgress",
+    "Outcome",
+    "Placement",
+    "ProgressCallback",
+    "convert_image",
+    "placement",
+    "read_status",
+    "record_checks",
+    "record_failure",
+    "utc_now",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def convert_image(
+    reference: Reference,
+    *,
+    client: RegistryClient,
+    publisher: Publisher,
+    options: ConvertOptions = ConvertOptions(),
+    progress: ProgressCallback | None = None,
+    now: Callable[[], str] = utc_now,
+) -> ConvertResult:
+    """Publish ``reference`` into ``publisher``'s repository, or find it up to date."""
+    _check_options(reference, options)
+    started = time.monotonic()
+    place = placement(reference, options)
+    head = client.head_manifest(reference)
+    previous = read_status(publisher.root, reference, place.status_file)
+    if previous is not None and is_current(publisher.root, place, head, previous, options):
+        if options.record_check:
+            record_checks(publisher, [(reference, options)], now(), options.lock_timeout)
+        logger.info("%s: unchanged (%s)", reference, head.digest)
+        return ConvertResult(
+            reference,
+            Outcome.UNCHANGED,
+            head.digest,
+            Digest.parse(previous.image_id),
+            Platform.parse(previous.platform),
+            place.links[0] if place.links else None,
+            seconds=time.monotonic() - started,
+        )
+    resolved = client.resolve_image(reference, options.platform)
+    job = Job(reference, place, resolved, client, publisher.root, options, progress)
+    with publisher.transaction(lock_timeout=options.lock_timeout) as tx:
+        job.publish(tx, previous, now())
+    outcome = Outcome.ADDED if previous is None else Outcome.UPDATED
+    logger.info("%s: %s as %s", reference, outcome.value, resolved.image_id)
+    return job.result(outcome, time.monotonic() - started)
+
+
+def _check_options(reference: Reference, options: ConvertOptions) -> None:
+    if reference.is_wildcard:
+        raise ConfigError(f"{reference}: a wildcard reference must be expanded before converting")
+    if options.skip_flat and options.skip_layers:
+        raise ConfigError(f"{reference}: --skip-flat and --skip-layers leave nothing to publish")
+    if options.download_workers < 1:
+        raise ConfigError("download workers must be at least 1")

@@ -1,0 +1,193 @@
+"""The per-layer records, catalog markers and removal schedule a conversion writes."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from unpacked import layout
+from unpacked.convert._model import ConvertOptions
+from unpacked.digest import Digest
+from unpacked.errors import PublishError
+from unpacked.manifest import Descriptor
+from unpacked.publish import Transaction
+from unpacked.records import (
+    ImageStatus,
+    LayerRecord,
+    RemovalSchedule,
+    merge_layer_records,
+    origin_json,
+    parse_layer_records,
+    parse_origin,
+    storage_layer_ids,
+)
+from unpacked.reference import Reference
+from unpacked.registry import ResolvedImage
+from unpacked.status import list_statuses
+
+
+@dataclass
+class LayerWork:
+    """One layer of the image being published."""
+
+    index: int
+    descriptor: Descriptor
+    diff_id: Digest
+    new: bool
+    layerfs: Path | None = None
+    whiteouts: str = "overlay"
+    diff_size: int = 0
+
+
+def stored_layer(tx: Transaction, digest: Digest) -> bool:
+    """Whether the repository holds the layer; an incomplete layer directory is an error."""
+    if not tx.exists(layout.layer_dir(digest)):
+        return False
+    if not tx.exists(layout.layerfs_dir(digest)):
+        raise PublishError(
+            f"layer {digest}: {layout.layer_dir(digest)} exists without its layerfs; "
+            "run 'unpacked verify --repair' to remove it, then convert again"
+        )
+    return True
+
+
+def touch_marker(directory: Path) -> None:
+    """An empty ``.cvmfscatalog`` (0644 whatever the umask, like every published file)."""
+    marker = directory / layout.CATALOG_MARKER
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        os.fchmod(fd, 0o644)
+    finally:
+        os.close(fd)
+
+
+def stored_layer_facts(tx: Transaction, item: LayerWork, name: str) -> tuple[str, int]:
+    """Whiteout form and diff size of a layer the repository holds, from its layers.json."""
+    path = tx.read_path(layout.layer_record_file(item.descriptor.digest))
+    try:
+        records = parse_layer_records(path.read_bytes(), what=str(path))
+        sizes = {int(record["diff-size"]) for record in records}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PublishError(f"layer {name}: stored layer record unusable: {exc}") from exc
+    modes = {record.get("unpacked-whiteouts", "overlay") for record in records}
+    return ("wh-files" if "wh-files" in modes else "overlay"), max(sizes, default=0)
+
+
+def write_layer_records(
+    tx: Transaction, image: ResolvedImage, work: list[LayerWork], when: str
+) -> None:
+    """origin.json (this image added) and layers.json (this image's layer ids) of each layer.
+
+    A layer may stand at several positions of one image (empty layers do): its records
+    are collected first and each file is written once.
+    """
+    ids = storage_layer_ids(image.config.diff_ids)
+    records: dict[Digest, list[LayerRecord]] = {}
+    first: dict[Digest, LayerWork] = {}
+    for item in work:
+        digest = item.descriptor.digest
+        first.setdefault(digest, item)
+        records.setdefault(digest, []).append(
+            LayerRecord(
+                ids[item.index],
+                when,
+                str(digest),
+                str(item.diff_id),
+                item.diff_size,
+                item.whiteouts,
+            )
+        )
+    image_id = str(image.image_id)
+    for digest, item in first.items():
+        if item.new:
+            assert item.layerfs is not None
+            metadata = item.layerfs.parent / ".metadata"
+            (metadata / "origin.json").write_bytes(origin_json([image_id]))
+            (metadata / "layers.json").write_bytes(
+                merge_layer_records([], records[digest]) or b"[]"
+            )
+        else:
+            _update_layer_metadata(tx, digest, records[digest], image_id)
+
+
+def _update_layer_metadata(
+    tx: Transaction, digest: Digest, records: list[LayerRecord], image_id: str
+) -> None:
+    try:
+        _merge_layer_metadata(tx, digest, records, image_id)
+    except ValueError as exc:  # a malformed origin.json or layers.json
+        raise PublishError(
+            f"layer {digest}: {exc}; run 'unpacked verify --repair', then convert again"
+        ) from exc
+
+
+def _merge_layer_metadata(
+    tx: Transaction, digest: Digest, records: list[LayerRecord], image_id: str
+) -> None:
+    origin_path = layout.layer_origin_file(digest)
+    origins = parse_origin(_read_optional(tx.read_path(origin_path)), what=str(origin_path))
+    if image_id not in origins:
+        tx.write_file(origin_path, origin_json(origins | {image_id}))
+    records_path = layout.layer_record_file(digest)
+    existing = parse_layer_records(
+        _read_optional(tx.read_path(records_path)), what=str(records_path)
+    )
+    updated = merge_layer_records(existing, records)
+    if updated is not None:
+        tx.write_file(records_path, updated)
+
+
+def _read_optional(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def update_schedule(
+    tx: Transaction,
+    root: Path,
+    *,
+    reference: Reference,
+    previous: ImageStatus | None,
+    image_id: str,
+    when: str,
+) -> None:
+    """Schedule the image this reference leaves, if nothing else uses it; unschedule ours.
+
+    The replaced flat tree stays (jobs may still be running in it) until garbage
+    collection removes it after the grace period.
+    """
+    path = tx.read_path(layout.REMOVE_SCHEDULE)
+    try:
+        schedule = RemovalSchedule.from_bytes(_read_optional(path))
+    except ValueError as exc:
+        raise PublishError(f"{path}: {exc}") from exc
+    updated = schedule.without([image_id])
+    if previous is not None and previous.image_id != image_id:
+        users = {
+            status.image_id for status in list_statuses(root) if status.reference != str(reference)
+        }
+        if previous.image_id not in users:
+            updated = updated.add(previous.image_id, str(reference), when)
+    if updated != schedule:
+        tx.write_file(layout.REMOVE_SCHEDULE, updated.to_bytes())
+
+
+def write_catalog_markers(tx: Transaction, image: ResolvedImage, options: ConvertOptions) -> None:
+    """The top-level and super-directory ``.cvmfscatalog`` markers (DESIGN.md section 8).
+
+    Only for the trees this conversion writes: a marker in an otherwise empty directory
+    would make an empty nested catalog.
+    """
+    dirs: set[PurePosixPath] = set()
+    if not options.skip_flat:
+        dirs |= {layout.FLAT, layout.flat_dir(image.image_id).parent}
+    if not options.skip_layers:
+        dirs |= {layout.LAYERS}
+        dirs |= {layout.layer_dir(layer.digest).parent for layer in image.layers}
+    for directory in sorted(dirs):
+        marker = directory / layout.CATALOG_MARKER
+        if not tx.exists(marker):
+            tx.write_file(marker, b"")

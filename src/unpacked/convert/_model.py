@@ -1,0 +1,114 @@
+"""Options, placement and results of a conversion. No I/O."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+
+from unpacked import layout
+from unpacked.digest import Digest
+from unpacked.platform import DEFAULT, Platform
+from unpacked.reference import Reference
+
+
+class Outcome(enum.Enum):
+    ADDED = "added"
+    UPDATED = "updated"
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """How to publish an image.
+
+    ``public_link``: write ``<registry>/<repository>:<tag>`` (the default platform's image);
+    ``multiarch``: write ``.multiarch/<arch>/<registry>/<repository>:<tag>`` too. An image of
+    a further platform has only the ``.multiarch`` link, and its metadata under
+    ``.metadata/.multiarch/<arch>/``.
+    """
+
+    platform: Platform = DEFAULT
+    skip_flat: bool = False
+    skip_layers: bool = False
+    public_link: bool = True
+    multiarch: bool = False
+    record_check: bool = True
+    """Update an unchanged image's lastCheck at once. A batch passes False and records the
+    checks of all its unchanged images in one transaction (``record_checks``)."""
+    download_workers: int = 3
+    lock_timeout: float = 600.0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one image's metadata and links go in the repository layout."""
+
+    metadata: PurePosixPath
+    links: tuple[PurePosixPath, ...]
+    aliases: tuple[tuple[PurePosixPath, str], ...] = ()
+    """``.multiarch/<uname -m name>`` links to their OCI-named directory."""
+
+    @property
+    def status_file(self) -> PurePosixPath:
+        return self.metadata / "status.json"
+
+    @property
+    def manifest_file(self) -> PurePosixPath:
+        return self.metadata / "manifest.json"
+
+
+def placement(reference: Reference, options: ConvertOptions) -> Placement:
+    """The metadata directory and links of ``reference`` published with ``options``."""
+    if options.public_link:
+        metadata = layout.metadata_dir(reference)
+    else:
+        metadata = layout.multiarch_metadata_dir(options.platform, reference)
+    if options.skip_flat:
+        return Placement(metadata, ())
+    links = [layout.public_link(reference)] if options.public_link else []
+    aliases: list[tuple[PurePosixPath, str]] = []
+    if options.multiarch:
+        links.append(layout.multiarch_link(options.platform, reference))
+        name = layout.multiarch_name(options.platform)
+        aliases = [
+            (layout.MULTIARCH / alias, name) for alias in layout.multiarch_aliases(options.platform)
+        ]
+    return Placement(metadata, tuple(links), tuple(aliases))
+
+
+@dataclass(frozen=True)
+class LayerProgress:
+    """A progress event: ``phase`` is "download", "unpack" or "done"."""
+
+    reference: Reference
+    digest: Digest
+    phase: str
+    done: int
+    total: int
+
+
+ProgressCallback = Callable[[LayerProgress], None]
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    reference: Reference
+    outcome: Outcome
+    digest: Digest
+    image_id: Digest
+    platform: Platform
+    public_link: PurePosixPath | None
+    """The first link written (the public link, else the ``.multiarch`` one), if any."""
+    layers_unpacked: tuple[Digest, ...] = ()
+    layers_reused: tuple[Digest, ...] = ()
+    bytes_downloaded: int = 0
+    warnings: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+
+def utc_now() -> str:
+    """The current time as status.json writes it (UTC, seconds)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
