@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +47,8 @@ PushImage = Callable[..., SampleImage]
 UNPACKED = Path(sys.executable).with_name("unpacked")
 RUNS = 20
 COMMIT_RUNS = 4
-COMMIT_SPREAD = 0.03
+COMMIT_STEPS = 6  # the commit of v2 has more steps than this (trees, files, links)
+WORKER = Path(__file__).with_name("convert_worker.py")
 POLL_INTERVAL = 0.0002
 OVERSHOOT = 1.2
 RUN_TIMEOUT = 60.0
@@ -248,10 +249,15 @@ class CrashLoop:
     new: Snapshot
     history: list[Kill] = dataclasses.field(default_factory=list)
 
-    def run(self, kill: Callable[[Conversion], tuple[str, bool]]) -> Kill:
+    def run(
+        self, kill: Callable[[Conversion], tuple[str, bool]], prefix: Sequence[str] = ()
+    ) -> Kill:
         """Convert v2 on a fresh copy of OLD, ``kill`` it, recover, classify, finish."""
         copy_tree(self.scenario.pristine, self.root)
-        with Conversion(command(str(self.scenario.reference), self.root)) as conversion:
+        args = command(str(self.scenario.reference), self.root)
+        if prefix:  # a worker instead of the console script, with the same arguments
+            args = [*prefix, *args[1:]]
+        with Conversion(args) as conversion:
             when, exited = kill(conversion)
         area, journal = pending(self.root)
         recover(self.root)
@@ -281,13 +287,22 @@ def _after(delay: float) -> Callable[[Conversion], tuple[str, bool]]:
     return kill
 
 
-def _in_commit(root: Path, delay: float) -> Callable[[Conversion], tuple[str, bool]]:
+def _in_commit(marker: Path, step: int) -> Callable[[Conversion], tuple[str, bool]]:
     def kill(conversion: Conversion) -> tuple[str, bool]:
-        conversion.wait_for_journal(root)
-        time.sleep(delay)
-        return f"journal +{delay * 1000:.1f} ms", conversion.kill()
+        deadline = conversion.started + RUN_TIMEOUT
+        while not marker.exists():
+            assert conversion.process.poll() is None, "the conversion ended before its commit"
+            assert time.monotonic() < deadline, "the conversion never reached its commit"
+            time.sleep(POLL_INTERVAL)
+        marker.unlink()
+        return f"before commit step {step}", conversion.kill()
 
     return kill
+
+
+def _paused_at(marker: Path, step: int) -> list[str]:
+    """The worker that runs the command line but pauses before commit step ``step``."""
+    return [sys.executable, str(WORKER), str(step), str(marker)]
 
 
 @pytest.mark.slow
@@ -301,9 +316,12 @@ def test_killed_conversion_leaves_old_or_new(scenario: Scenario, tmp_path: Path)
     for run in range(RUNS):
         # One delay in each of RUNS equal slices of the span: random, yet spread over all of it.
         loop.run(_after((run + chance.random()) * span / RUNS))
-    # The commit itself lasts milliseconds, too short to hit by timing: aim at it.
+    # The commit itself lasts milliseconds, too short to hit by timing: the worker pauses
+    # before a chosen step of it, and is killed there.
+    marker = tmp_path / "paused"
     for _ in range(COMMIT_RUNS):
-        loop.run(_in_commit(root, chance.uniform(0, COMMIT_SPREAD)))
+        step = chance.randint(1, COMMIT_STEPS)
+        loop.run(_in_commit(marker, step), _paused_at(marker, step))
     log = loop.log()
     assert sum(kill.area or kill.journal for kill in loop.history) >= 3, f"too few:\n{log}"
     assert sum(kill.journal for kill in loop.history) >= 1, f"no kill in a commit:\n{log}"
