@@ -13,6 +13,7 @@ from support.samples import SampleImages
 from unpacked.batch import convert_wishlist
 from unpacked.publish import open_publisher
 from unpacked.registry import RegistryClient
+from unpacked.verify import verify_repository
 from unpacked.wishlist import loads
 
 PLATFORMS = ("linux/amd64", "linux/arm64/v8")
@@ -64,3 +65,12 @@ def test_second_run_is_unchanged_for_every_platform(
     repo = tmp_path / "repo"
     _convert(registry, ref, repo)
     assert _convert(registry, ref, repo) == ["unchanged", "unchanged"]
+
+
+def test_a_multi_platform_repository_verifies_clean(
+    registry: RegistryServer, sample_images: SampleImages, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    _convert(registry, sample_images.multi_oci.ref(registry), repo)
+    report = verify_repository(open_publisher(f"dir:{repo}"))
+    assert report.findings == ()

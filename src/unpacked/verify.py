@@ -331,13 +331,16 @@ def _metadata_names(root: Path) -> Iterator[str]:
 
     Below the registry level a ``:`` or ``@`` can only be the tag or digest separator
     (repository components cannot contain them), so such a directory is an image's.
+    Images of further platforms live under ``.multiarch/<arch>/`` (whose ``<arch>`` may
+    contain a ``:`` too, as in ``arm64:v8``); their names keep that prefix.
     """
     stack = [PurePosixPath()]
     while stack:
         relative = stack.pop()
         for entry in reversed(_real_dirs(root / layout.METADATA / relative)):
             path = relative / entry.name
-            if len(path.parts) >= 2 and (":" in entry.name or "@" in entry.name):
+            name_parts = path.parts[2:] if path.parts[0] == str(layout.MULTIARCH) else path.parts
+            if len(name_parts) >= 2 and (":" in entry.name or "@" in entry.name):
                 yield str(path)
             else:
                 stack.append(path)
@@ -653,6 +656,9 @@ def _status_problem(image: ImageEntry) -> str | None:
         name = parse_reference(image.status.reference).public_name
     except UnpackedError as exc:
         return f"records an invalid reference: {exc}"
+    if image.name.startswith(f"{layout.MULTIARCH}/"):
+        # .multiarch/<arch>/<name>: an image of a further platform keeps its metadata there
+        name = f"{layout.MULTIARCH}/{image.name.split('/')[1]}/{name}"
     if name != image.name:
         return f"records {image.status.reference}, whose metadata belongs in .metadata/{name}"
     return None
