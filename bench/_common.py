@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -180,3 +180,33 @@ def table(rows: Sequence[Sequence[str]]) -> str:
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(line.rstrip() for line in lines)
+
+
+SETTLE_SECONDS = 2.0
+
+
+def settle() -> None:
+    """Flush dirty pages and pause, so that no run pays for an earlier run's writeback.
+
+    On a VM disk, the writeback of one run's hundreds of megabytes otherwise lands in
+    the next run's time (seen here: the same command timed 0.6 s and 3.4 s in a row).
+    """
+    os.sync()
+    time.sleep(SETTLE_SECONDS)
+
+
+def round_robin(
+    contenders: Sequence[tuple[str, Callable[[], Sample]]], times: int
+) -> dict[str, Result]:
+    """Run every contender ``times``, interleaved (a b c a b c ...), each after ``settle``.
+
+    Interleaving spreads slow phases of the machine over all contenders instead of
+    charging them to whichever ran at that moment.
+    """
+    samples: dict[str, list[Sample]] = {name: [] for name, _ in contenders}
+    for index in range(times):
+        for name, once in contenders:
+            settle()
+            samples[name].append(once())
+            print(f"  {name} #{index + 1}: {samples[name][-1].seconds:.3f} s", flush=True)
+    return {name: Result(name, tuple(runs)) for name, runs in samples.items()}

@@ -27,10 +27,10 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from _common import REPO, BenchError, Result, Sample, mib, run_measured, table
+from _common import REPO, BenchError, Result, Sample, mib, round_robin, run_measured, settle, table
 from unpack_layers import REPOSITORY, Setup, generate_layers, measure_skopeo_umoci
 
 from support.oci import BuiltImage, build_image
@@ -64,14 +64,6 @@ def _repo_bytes(repo: Path) -> int:
     return int(json.loads(done.stdout)["bytes"])
 
 
-def _repeat(name: str, times: int, once: Callable[[], Sample]) -> Result:
-    samples = []
-    for index in range(times):
-        samples.append(once())
-        print(f"  {name} #{index + 1}: {samples[-1].seconds:.3f} s", flush=True)
-    return Result(name, tuple(samples))
-
-
 class Bench:
     def __init__(self, workdir: Path, setup_a: Setup, remote_b: str) -> None:
         self.workdir = workdir
@@ -93,6 +85,7 @@ class Bench:
     def b_after_a(self) -> Sample:
         repo = self.fresh("repo-incremental")
         _convert(self.setup_a.remote, repo)
+        settle()  # A's writeback is not B's cost
         return _convert(self.remote_b, repo)
 
     def top_layer_only(self) -> Sample:
@@ -103,6 +96,7 @@ class Bench:
         repo = self.workdir / "repo-noop"
         if not repo.exists():
             _convert(self.setup_a.remote, repo)
+            settle()
         return _convert(self.setup_a.remote, repo)
 
 
@@ -126,15 +120,19 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             bench = Bench(
                 workdir, Setup(workdir, registry, image_a), f"{registry.host}/{REPOSITORY}:b"
             )
-            results = {
-                "cold": _repeat("convert A (cold)", args.repeat, bench.cold_a),
-                "umoci": _repeat(
-                    "skopeo copy + umoci raw unpack A", args.repeat, bench.skopeo_umoci_a
-                ),
-                "incremental": _repeat("convert B after A", args.repeat, bench.b_after_a),
-                "top": _repeat("unpack only B's top layer", args.repeat, bench.top_layer_only),
-                "noop": _repeat("no-op re-run of A", args.repeat, bench.noop_a),
-            }
+            measured = round_robin(
+                [
+                    ("convert A (cold)", bench.cold_a),
+                    ("skopeo copy + umoci raw unpack A", bench.skopeo_umoci_a),
+                    ("convert B after A", bench.b_after_a),
+                    ("unpack only B's top layer", bench.top_layer_only),
+                    ("no-op re-run of A", bench.noop_a),
+                ],
+                args.repeat,
+            )
+            results = dict(
+                zip(("cold", "umoci", "incremental", "top", "noop"), measured.values(), strict=True)
+            )
             repo_bytes = _repo_bytes(workdir / "repo-incremental")
         return _report(results, repo_bytes, _content_bytes(unique_layers), args)
     finally:

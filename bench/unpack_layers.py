@@ -34,7 +34,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import REPO, RSS_IS_EXACT, BenchError, Result, Sample, mib, run_measured, table
+from _common import (
+    REPO,
+    RSS_IS_EXACT,
+    BenchError,
+    Result,
+    Sample,
+    mib,
+    round_robin,
+    run_measured,
+    table,
+)
 
 from support.oci import BuiltImage, TarEntry, build_image, tar_bytes
 from support.registry import RegistryServer, skopeo_copy, start_registry
@@ -216,17 +226,17 @@ def measure_tar_floor(setup: Setup, root: Path) -> Sample:
 Contender = Callable[[Setup, Path], Sample]
 
 
-def repeat(name: str, contender: Contender, setup: Setup, times: int, note: str = "") -> Result:
-    samples = []
-    for index in range(times):
-        root = _fresh(setup.workdir / f"root-{name}")
-        samples.append(contender(setup, root))
-        print(
-            f"  {name} #{index + 1}: {samples[-1].seconds:.2f} s, {mib(samples[-1].peak_rss)}",
-            flush=True,
-        )
-        shutil.rmtree(root)
-    return Result(name, tuple(samples), note)
+def once(name: str, contender: Contender, setup: Setup) -> tuple[str, Callable[[], Sample]]:
+    """``contender`` as one run into a fresh root, for ``round_robin``."""
+
+    def run() -> Sample:
+        root = _fresh(setup.workdir / "root")
+        try:
+            return contender(setup, root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+    return name, run
 
 
 def verify_same_tree(setup: Setup) -> str:
@@ -317,15 +327,15 @@ def _run_in(workdir: Path, args: argparse.Namespace) -> int:
         setup = Setup(workdir, registry, big)
         verdict = verify_same_tree(setup) if not args.no_verify else "not checked (--no-verify)"
         print(f"trees of (a) and (b): {verdict}", flush=True)
-        results = [
-            repeat("a: unpacked (registry stream)", measure_unpacked, setup, args.repeat),
-            repeat("b: skopeo copy + umoci raw unpack", measure_skopeo_umoci, setup, args.repeat),
-            repeat("c: gzip -dc | tar -x (floor)", measure_tar_floor, setup, args.repeat),
-        ]
         small_setup = Setup(workdir, registry, small)
-        small_result = repeat(
-            "a at a quarter of the size", measure_unpacked, small_setup, args.repeat
-        )
+        contenders = [
+            once("a: unpacked (registry stream)", measure_unpacked, setup),
+            once("b: skopeo copy + umoci raw unpack", measure_skopeo_umoci, setup),
+            once("c: gzip -dc | tar -x (floor)", measure_tar_floor, setup),
+            once("a at a quarter of the size", measure_unpacked, small_setup),
+        ]
+        measured = list(round_robin(contenders, args.repeat).values())
+        results, small_result = measured[:3], measured[3]
     summary = report(results, small_result, [big_stats, small_stats])
     summary |= {
         "parameters": vars(args),
