@@ -14,6 +14,7 @@ boundary where they occur, so callers and the CLI only ever see this tree::
     │   └── RegistryProtocolError      a response we cannot accept (bad media type,
     │                                  size over the cap, malformed JSON, ...)
     ├── VerificationError              bytes that do not match their digest or size
+    ├── WishlistError                  a wish list cannot be used (every problem, with lines)
     ├── LayerError                     a layer cannot be applied
     │   └── UnsafeLayerError           an entry tries to leave the target directory
     ├── PublishError                   a repository transaction failed (nothing was published)
@@ -25,6 +26,9 @@ layer, the path) so that it can be shown to a person as it is.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 
 class UnpackedError(Exception):
@@ -86,3 +90,27 @@ class PublishError(UnpackedError):
 
 class RepositoryLockedError(PublishError):
     """Another process held the repository lock for longer than we were willing to wait."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong (or suspicious) in a wish list, located as precisely as we can."""
+
+    source: str
+    line: int | None
+    entry: str | None  # "input[3] 'ubuntu:22.04 x'", "platforms[1] 'linux'", a key, ...
+    message: str
+
+    def __str__(self) -> str:
+        where = self.source if self.line is None else f"{self.source}:{self.line}"
+        return (
+            f"{where}: {self.entry}: {self.message}" if self.entry else f"{where}: {self.message}"
+        )
+
+
+class WishlistError(UnpackedError):
+    """A wish list cannot be used; ``problems`` lists everything wrong with it, in file order."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(sorted(problems, key=lambda problem: problem.line or 0))
+        super().__init__("\n".join(str(problem) for problem in self.problems))

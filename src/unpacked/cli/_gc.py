@@ -247,6 +247,12 @@ def plan_text(plan: Plan, spec: str, *, dry_run: bool) -> str:
         f"    image {i.image_id} ({_was(i.reference)}, unlinked {i.unlinked})" for i in plan.images
     ]
     lines += [f"    layer {layer}" for layer in plan.layers]
+    return "\n".join([*lines, *_bookkeeping_text(plan, dry_run=dry_run)])
+
+
+def _bookkeeping_text(plan: Plan, *, dry_run: bool) -> list[str]:
+    """The plan's lines beyond the removals: records, schedule, what waits, problems."""
+    lines = []
     if plan.origins:
         lines.append(
             f"  origin.json {'to rewrite' if dry_run else 'rewritten'}: {len(plan.origins)}"
@@ -265,7 +271,7 @@ def plan_text(plan: Plan, spec: str, *, dry_run: bool) -> str:
         )
     lines += [f"  kept, the wish list names {e.reference}: {e.image_id}" for e in plan.kept]
     lines += [f"  problem: {problem}" for problem in plan.problems]
-    return "\n".join(lines)
+    return lines
 
 
 def _seconds_text(grace: timedelta) -> str:

@@ -146,28 +146,17 @@ def plan_collection(
 ) -> Plan:
     """Plan one cycle (see the module docstring). ``wished``: the wish list's references."""
     _check_limits(now, grace, max_removals, batch_size)
-    refs = state.references
-    live = refs.live_images()
-    pending = sorted((e for e in refs.schedule.entries if e.image_id not in live), key=_age)
-    expired = [e for e in pending if parse_time(e.unlinked) + grace <= now]
-    published = frozenset(public_name_of(image.metadata) for image in refs.published)
-    kept = [e for e in expired if _wished_again(e, wished, published)]
-    protected = frozenset(kept)
-    expired = [e for e in expired if e not in protected]
-    existing = live | refs.schedule.image_ids() | state.flat_trees
-    origins = {layer: ids & existing for layer, ids in state.layers.items() if ids is not None}
-    users: dict[str, list[str]] = {}
-    for layer in sorted(origins):
-        for image_id in origins[layer]:
-            users.setdefault(image_id, []).append(layer)
-    units = _removal_order(expired, origins, users, refs.live_layers, state.flat_trees)
+    live = state.references.live_images()
+    pending, expired, kept = _due(state, live, now=now, grace=grace, wished=wished)
+    origins, users = _layer_users(state, live)
+    units = _removal_order(expired, origins, users, state.references.live_layers, state.flat_trees)
     cut = len(units) if max_removals is None else min(max_removals, len(units))
     first, schedule = _bookkeeping(state, live, now)
     writer = _BatchWriter(state, origins, users, schedule)
     chunks = [units[i : min(i + batch_size, cut)] for i in range(0, cut, batch_size)] or [[]]
     batches = [writer.batch(chunk, first if i == 0 else Batch()) for i, chunk in enumerate(chunks)]
     deferred = {u.image_id for u in units[cut:] if isinstance(u, ImageRemoval)}
-    gone = {e.image_id for e in expired} | {e.image_id for e in kept}
+    gone = {e.image_id for e in (*expired, *kept)}
     return Plan(
         now=now,
         grace=grace,
@@ -177,11 +166,46 @@ def plan_collection(
         deferred=tuple(e for e in expired if e.image_id in deferred),
         deferred_layers=_spilled(units[cut:]),
         kept=tuple(kept),
-        problems=tuple(
-            f"layer {layer}: origin.json unreadable; the layer is kept"
-            for layer, ids in sorted(state.layers.items())
-            if ids is None
-        ),
+        problems=_problems(state),
+    )
+
+
+def _due(
+    state: RepositoryState,
+    live: frozenset[str],
+    *,
+    now: datetime,
+    grace: timedelta,
+    wished: Sequence[Reference],
+) -> tuple[list[ScheduledRemoval], list[ScheduledRemoval], list[ScheduledRemoval]]:
+    """Scheduled images nothing links (oldest first); those past their grace period; and
+    of those, the ones the wish list keeps (it names them and nothing is published there)."""
+    refs = state.references
+    pending = sorted((e for e in refs.schedule.entries if e.image_id not in live), key=_age)
+    expired = [e for e in pending if parse_time(e.unlinked) + grace <= now]
+    published = frozenset(public_name_of(image.metadata) for image in refs.published)
+    kept = [e for e in expired if _wished_again(e, wished, published)]
+    return pending, [e for e in expired if e not in kept], kept
+
+
+def _layer_users(
+    state: RepositoryState, live: frozenset[str]
+) -> tuple[dict[str, frozenset[str]], dict[str, list[str]]]:
+    """Each readable layer's users that still exist, and each image's layers."""
+    existing = live | state.references.schedule.image_ids() | state.flat_trees
+    origins = {layer: ids & existing for layer, ids in state.layers.items() if ids is not None}
+    users: dict[str, list[str]] = {}
+    for layer in sorted(origins):
+        for image_id in origins[layer]:
+            users.setdefault(image_id, []).append(layer)
+    return origins, users
+
+
+def _problems(state: RepositoryState) -> tuple[str, ...]:
+    return tuple(
+        f"layer {layer}: origin.json unreadable; the layer is kept"
+        for layer, ids in sorted(state.layers.items())
+        if ids is None
     )
 
 

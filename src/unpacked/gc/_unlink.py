@@ -61,17 +61,11 @@ def plan_unlink(refs: References, targets: Sequence[Reference], *, now: datetime
     unlinked = []
     for target, paths in found:
         images = sorted({index.images[path] for path in paths})
-        for image_id in images:
-            if image_id not in users:
-                schedule = schedule.add(image_id, str(target), format_time(now))
-        unlinked.append(
-            Unlinked(
-                target.public_name,
-                paths,
-                tuple(i for i in images if i not in users),
-                tuple(i for i in images if i in users),
-            )
-        )
+        orphaned = tuple(i for i in images if i not in users)
+        for image_id in orphaned:
+            schedule = schedule.add(image_id, str(target), format_time(now))
+        still_used = tuple(i for i in images if i in users)
+        unlinked.append(Unlinked(target.public_name, paths, orphaned, still_used))
     changed = schedule if schedule != refs.schedule else None
     return UnlinkPlan(tuple(unlinked), changed)
 

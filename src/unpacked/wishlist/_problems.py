@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from unpacked.errors import UnpackedError
+from unpacked.errors import Problem, WishlistError
+
+__all__ = ["Findings", "Problem", "WishlistError", "quoted"]
 
 _QUOTED_MAX = 120
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong (or suspicious) in a wish list, located as precisely as we can."""
-
-    source: str
-    line: int | None
-    entry: str | None  # "input[3] 'ubuntu:22.04 x'", "platforms[1] 'linux'", a key, ...
-    message: str
-
-    def __str__(self) -> str:
-        where = self.source if self.line is None else f"{self.source}:{self.line}"
-        return (
-            f"{where}: {self.entry}: {self.message}" if self.entry else f"{where}: {self.message}"
-        )
-
-
-class WishlistError(UnpackedError):
-    """A wish list cannot be used; ``problems`` lists everything wrong with it, in file order."""
-
-    def __init__(self, problems: Sequence[Problem]) -> None:
-        self.problems = tuple(sorted(problems, key=_line))
-        super().__init__("\n".join(str(problem) for problem in self.problems))
 
 
 @dataclass
@@ -65,3 +42,4 @@ def quoted(text: str) -> str:
 
 def _line(problem: Problem) -> int:
     return problem.line or 0
+
