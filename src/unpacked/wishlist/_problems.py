@@ -42,4 +42,3 @@ def quoted(text: str) -> str:
 
 def _line(problem: Problem) -> int:
     return problem.line or 0
-
