@@ -16,7 +16,7 @@ from types import FrameType
 from unpacked import errors
 from unpacked.batch import BatchOptions, BatchReport, convert_wishlist, expand_wish
 from unpacked.cli import _render as render
-from unpacked.cli._options import publisher_for, registry_options
+from unpacked.cli._context import publisher_for, registry_options
 from unpacked.convert import ConvertOptions, convert_image, record_failure
 from unpacked.platform import Platform
 from unpacked.reference import Reference

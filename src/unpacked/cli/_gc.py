@@ -10,8 +10,8 @@ from typing import Any
 
 from unpacked.cli import _render as render
 from unpacked.cli._commands import EXIT_FAILURE, EXIT_OK
-from unpacked.cli._options import add_registry_options, add_repo_option, duration, publisher_for
-from unpacked.cli._options import registry_options as client_options
+from unpacked.cli._context import publisher_for
+from unpacked.cli._context import registry_options as client_options
 from unpacked.gc import (
     ORPHAN,
     Batch,
@@ -32,99 +32,6 @@ from unpacked.registry import RegistryClient
 from unpacked.wishlist import WishList, load
 
 logger = logging.getLogger("unpacked")
-
-_GRACE_DEFAULT = "7d"
-
-
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register this module's commands."""
-    _add_gc(sub)
-    _add_delete(sub)
-    _add_prune(sub)
-
-
-def _add_gc(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "garbage-collection",
-        help="remove images unlinked longer than the grace period, and unused layers",
-        description=(
-            "Remove the flat trees of images on the removal schedule whose grace period "
-            "has passed and that nothing links again, the layers no image uses any more, "
-            "and schedule orphaned flat trees. Works in transactions of at most 50 "
-            "removals. Exit 1 when something could not be read (it is kept)."
-        ),
-    )
-    parser.set_defaults(handler=garbage_collection)
-    add_repo_option(parser)
-    parser.add_argument(
-        "--grace",
-        type=duration,
-        default=duration(_GRACE_DEFAULT),
-        help=f"how long an unlinked image stays: 90, 30s, 15m, 2h, 7d (default: {_GRACE_DEFAULT})",
-    )
-    parser.add_argument(
-        "--max-removals",
-        type=_positive,
-        metavar="N",
-        help="remove at most N images and layers in this cycle (oldest first)",
-    )
-    parser.add_argument(
-        "--wishlist",
-        metavar="W",
-        help="also keep expired images whose reference W names and that are not "
-        "published now (the next conversion would link them again)",
-    )
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print the plan the sweep would carry out"
-    )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def _add_delete(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "delete-image",
-        help="unlink one image now; garbage collection removes it after the grace period",
-        description=(
-            "In one transaction, remove the public link, the .multiarch links and the "
-            ".metadata directory of REF, and schedule its image for removal unless "
-            "another reference uses it. Exit 3 if REF is not published in the repository."
-        ),
-    )
-    parser.set_defaults(handler=delete)
-    parser.add_argument("reference", help="the published reference, e.g. ubuntu:22.04")
-    add_repo_option(parser)
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-
-
-def _add_prune(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser(
-        "prune",
-        help="unlink every published image the wish list no longer asks for",
-        description=(
-            "Unlink (as delete-image, all in one transaction) every published reference "
-            "the wish list no longer names. A wildcard's tags are listed in its registry; "
-            "if that fails, every published reference the wildcard could match is kept "
-            "and the exit code is 1: a registry error never causes removals."
-        ),
-    )
-    parser.set_defaults(handler=prune_command)
-    parser.add_argument("--wishlist", required=True, metavar="W", help="the wish list")
-    add_repo_option(parser, required=False)
-    parser.add_argument(
-        "--dry-run", action="store_true", help="print what would be unlinked; change nothing"
-    )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    add_registry_options(parser, platform=False)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, not {text!r}")
-    return value
 
 
 def _now() -> datetime:

@@ -1,4 +1,4 @@
-"""Command-line options shared by several commands, and their conversion to library values."""
+"""Command-line options shared by several commands (argparse only: imported at every start)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from unpacked import errors
 from unpacked.platform import DEFAULT as DEFAULT_PLATFORM
-from unpacked.publish import Publisher, open_publisher
-from unpacked.registry import RegistryOptions
 
 _DURATION_RE = re.compile(r"^(?P<number>\d+(?:\.\d+)?)(?P<unit>[smhd]?)$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -50,22 +47,6 @@ def add_registry_options(parser: argparse.ArgumentParser, *, platform: bool = Tr
     )
 
 
-def registry_options(args: argparse.Namespace) -> RegistryOptions:
-    mirrors: dict[str, str] = {}
-    for item in args.mirror:
-        registry, sep, url = item.partition("=")
-        if not sep or not registry or not url:
-            raise errors.ConfigError(f"--mirror {item!r}: expected REGISTRY=URL")
-        mirrors[registry] = url
-    return RegistryOptions(
-        ca_bundle=args.ca_bundle,
-        insecure=frozenset(args.insecure_registry),
-        mirrors=mirrors,
-        timeout=args.timeout,
-        auth_file=args.auth_file,
-    )
-
-
 def add_repo_option(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
     parser.add_argument(
         "--repo",
@@ -83,18 +64,6 @@ def add_skip_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-layers", action="store_true", help="do not store layer directories (flat only)"
     )
-
-
-def publisher_for(
-    repo: str | None, wishlist_repository: str | None = None, *, create: bool = True
-) -> Publisher:
-    """The repository from ``--repo``, else the wish list's; an error when neither names one."""
-    spec = repo or wishlist_repository
-    if not spec:
-        raise errors.ConfigError(
-            "no repository: give --repo dir:/path (or 'repository:' in the wish list)"
-        )
-    return open_publisher(spec, create=create)
 
 
 def duration(text: str) -> float:

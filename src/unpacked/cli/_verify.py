@@ -22,7 +22,7 @@ import shlex
 
 from unpacked.cli import _render as render
 from unpacked.cli._commands import EXIT_FAILURE, EXIT_OK
-from unpacked.cli._options import add_repo_option, publisher_for
+from unpacked.cli._context import publisher_for
 from unpacked.errors import ConfigError
 from unpacked.verify import (
     Finding,
@@ -33,43 +33,6 @@ from unpacked.verify import (
     repair_repository,
     verify_repository,
 )
-
-_DESCRIPTION = (
-    "Check that a repository is what the layout promises: public links are relative and "
-    "lead to flat trees, metadata records parse and agree, every layer of every image is "
-    "there, origin.json lists exactly the images using each layer, nothing is orphaned, "
-    "catalog markers are in place and no staging is left. Holds the repository lock while "
-    "it looks (it waits for a running conversion) and changes nothing. "
-    "--repair fixes, in one transaction, what needs no registry: origin.json, catalog "
-    "markers, absolute links, stale staging, temporary files; orphan flat trees are "
-    "scheduled for garbage collection, never deleted. What needs a re-conversion is "
-    "listed with the command to run."
-)
-
-
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``verify``."""
-    parser = sub.add_parser(
-        "verify", help="check a repository (and repair what can be)", description=_DESCRIPTION
-    )
-    parser.set_defaults(handler=verify)
-    add_repo_option(parser)
-    parser.add_argument(
-        "--repair", action="store_true", help="fix what can be fixed without the registry"
-    )
-    parser.add_argument(
-        "--skip-layers",
-        action="store_true",
-        help="the repository is published with --skip-layers: do not expect layer directories",
-    )
-    parser.add_argument(
-        "--lock-timeout",
-        type=float,
-        default=600.0,
-        metavar="SECONDS",
-        help="how long to wait for a running transaction (default: %(default)g)",
-    )
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def verify(args: argparse.Namespace) -> int:
