@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -43,13 +42,12 @@ from support.tree import (
     layer_snapshot,
     snapshot,
 )
+from support.umoci import UmociOracle, run_tool
 from unpacked.digest import Digest
 from unpacked.errors import VerificationError
 from unpacked.layers import Target, unpack_flat, unpack_layer
 from unpacked.reference import Reference
 from unpacked.registry import RegistryClient
-
-TOOL_TIMEOUT = 120
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the oracle compares owners and devices: root"),
@@ -81,64 +79,13 @@ INTENDED_OVERLAY_DIFFERENCES: tuple[IntendedDifference, ...] = (
 )
 
 
-# --- the oracle: images in one OCI layout, unpacked by umoci ---------------------------
-
-
-def _umoci_twin(image: CorpusImage) -> CorpusImage:
-    kinds = tuple("gzip" if kind == "zstd" else kind for kind in image.compressions)
-    return dataclasses.replace(image, name=f"{image.name}-for-umoci", compressions=kinds)
-
-
-@dataclasses.dataclass
-class Oracle:
-    """Builds corpus images into one layout and unpacks them with umoci, once each."""
-
-    workdir: Path
-
-    def __post_init__(self) -> None:
-        self.layout = self.workdir / "layout"
-        self._built: dict[str, BuiltImage] = {}
-        self._rootfs: dict[str, Path] = {}
-
-    def built(self, image: CorpusImage) -> BuiltImage:
-        if image.name not in self._built:
-            self._built[image.name] = image.build(self.layout)
-        return self._built[image.name]
-
-    def rootfs(self, image: CorpusImage) -> Path:
-        """umoci's root file system of ``image``."""
-        if image.name not in self._rootfs:
-            twin = _umoci_twin(image)
-            built = self.built(twin)
-            rootfs = self.workdir / "umoci" / image.name
-            rootfs.parent.mkdir(exist_ok=True)
-            if rootfs.exists():  # left over by a failed attempt
-                shutil.rmtree(rootfs)
-            _run(["umoci", "raw", "unpack", "--image", f"{self.layout}:{built.tag}", str(rootfs)])
-            self._rootfs[image.name] = rootfs
-        return self._rootfs[image.name]
-
-    def lower(self, image: CorpusImage, index: int) -> Path | None:
-        """umoci's tree of the layers below layer ``index`` (None for the first layer)."""
-        return self.rootfs(image.prefix(index)) if index else None
-
-    def blob(self, built: BuiltImage, index: int) -> Path:
-        return self.layout / "blobs" / "sha256" / built.layer_digests[index].partition(":")[2]
-
-
-def _run(args: Sequence[str]) -> None:
-    result = subprocess.run(list(args), capture_output=True, timeout=TOOL_TIMEOUT, check=False)
-    if result.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed: {result.stderr.decode(errors='replace')}")
-
-
 @pytest.fixture(scope="module")
-def oracle(tmp_path_factory: pytest.TempPathFactory) -> Oracle:
-    return Oracle(tmp_path_factory.mktemp("oracle"))
+def oracle(tmp_path_factory: pytest.TempPathFactory) -> UmociOracle:
+    return UmociOracle(tmp_path_factory.mktemp("oracle"))
 
 
 def _layers(
-    oracle: Oracle, built: BuiltImage, stack: contextlib.ExitStack
+    oracle: UmociOracle, built: BuiltImage, stack: contextlib.ExitStack
 ) -> list[tuple[BinaryIO, str, Digest]]:
     return [
         (
@@ -154,7 +101,7 @@ def _layers(
 
 
 @pytest.mark.parametrize("image", CORPUS, ids=lambda image: image.name)
-def test_flat_matches_umoci(oracle: Oracle, image: CorpusImage, tmp_path: Path) -> None:
+def test_flat_matches_umoci(oracle: UmociOracle, image: CorpusImage, tmp_path: Path) -> None:
     built = oracle.built(image)
     root = tmp_path / "rootfs"
     root.mkdir()
@@ -165,7 +112,7 @@ def test_flat_matches_umoci(oracle: Oracle, image: CorpusImage, tmp_path: Path) 
     assert_trees_equal(oracle.rootfs(image), root, intended=INTENDED_FLAT_DIFFERENCES, mtimes=True)
 
 
-def test_flat_reports_each_permission_fix(oracle: Oracle, tmp_path: Path) -> None:
+def test_flat_reports_each_permission_fix(oracle: UmociOracle, tmp_path: Path) -> None:
     """The owner-access fix is the only mode change, and every one is reported."""
     image = by_name("basic")
     built = oracle.built(image)
@@ -181,7 +128,7 @@ def test_flat_reports_each_permission_fix(oracle: Oracle, tmp_path: Path) -> Non
 
 
 def test_flat_streamed_from_registry_matches_umoci(
-    oracle: Oracle, registry: RegistryServer, push_image: object, tmp_path: Path
+    oracle: UmociOracle, registry: RegistryServer, push_image: object, tmp_path: Path
 ) -> None:
     """Blobs straight from a real registry: download, verify, decompress, apply, in one pass."""
     image = by_name("compressions")
@@ -216,7 +163,7 @@ def _wrong_config_diff_ids(built: BuiltImage, index: int) -> list[Digest]:
 
 
 def test_flat_wrong_diff_id_is_a_verification_error_naming_the_layer(
-    oracle: Oracle, tmp_path: Path
+    oracle: UmociOracle, tmp_path: Path
 ) -> None:
     built = oracle.built(by_name("compressions"))
     diff_ids = _wrong_config_diff_ids(built, 1)
@@ -234,7 +181,7 @@ def test_flat_wrong_diff_id_is_a_verification_error_naming_the_layer(
     assert built.diff_ids[1] in message, "the message should say what the layer really is"
 
 
-def test_layer_wrong_diff_id_names_the_layer_given(oracle: Oracle, tmp_path: Path) -> None:
+def test_layer_wrong_diff_id_names_the_layer_given(oracle: UmociOracle, tmp_path: Path) -> None:
     built = oracle.built(by_name("compressions"))
     wrong = _wrong_config_diff_ids(built, 1)[1]
     with oracle.blob(built, 1).open("rb") as blob, pytest.raises(VerificationError) as caught:
@@ -265,7 +212,7 @@ def layerfs_cache() -> dict[str, LayerDirs]:
     return {}
 
 
-def _layerfs(oracle: Oracle, image: CorpusImage, cache: dict[str, LayerDirs]) -> LayerDirs:
+def _layerfs(oracle: UmociOracle, image: CorpusImage, cache: dict[str, LayerDirs]) -> LayerDirs:
     if image.name in cache:
         return cache[image.name]
     built = oracle.built(image)
@@ -293,7 +240,7 @@ def _layerfs(oracle: Oracle, image: CorpusImage, cache: dict[str, LayerDirs]) ->
 
 @pytest.mark.parametrize("image", CORPUS, ids=lambda image: image.name)
 def test_layerfs_is_what_overlayfs_expects(
-    oracle: Oracle, image: CorpusImage, layerfs_cache: dict[str, LayerDirs]
+    oracle: UmociOracle, image: CorpusImage, layerfs_cache: dict[str, LayerDirs]
 ) -> None:
     layers = _layerfs(oracle, image, layerfs_cache)
     for index, directory in enumerate(layers.dirs):
@@ -331,11 +278,13 @@ def _overlay(layers: Sequence[Path], mountpoint: Path) -> Iterator[Path]:
     empty.mkdir(exist_ok=True)
     lowerdir = ":".join(str(p) for p in [*reversed(layers), empty])
     mountpoint.mkdir(exist_ok=True)
-    _run(["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lowerdir}", str(mountpoint)])
+    run_tool(
+        ["mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={lowerdir}", str(mountpoint)]
+    )
     try:
         yield mountpoint
     finally:
-        _run(["umount", str(mountpoint)])
+        run_tool(["umount", str(mountpoint)])
 
 
 OVERLAY_DIVERGES = {
@@ -362,7 +311,7 @@ def _overlay_cases() -> list[object]:
 
 @pytest.mark.parametrize("image", _overlay_cases(), ids=lambda image: image.name)
 def test_overlay_of_layerfs_matches_umoci(
-    oracle: Oracle, image: CorpusImage, layerfs_cache: dict[str, LayerDirs], tmp_path: Path
+    oracle: UmociOracle, image: CorpusImage, layerfs_cache: dict[str, LayerDirs], tmp_path: Path
 ) -> None:
     reason = _overlay_unavailable(tmp_path)
     if reason is not None:

@@ -65,3 +65,7 @@ class UmociOracle:
     def lower(self, image: CorpusImage, index: int) -> Path | None:
         """umoci's tree of the layers below layer ``index`` (None for the first layer)."""
         return self.rootfs(image.prefix(index)) if index else None
+
+    def blob(self, built: BuiltImage, index: int) -> Path:
+        """The blob file of layer ``index`` of ``built`` in the oracle's layout."""
+        return self.layout / "blobs" / "sha256" / built.layer_digests[index].partition(":")[2]
