@@ -108,14 +108,13 @@ def _merge_dir(
     for entry in entries:
         if directory.path == "" and entry.name == CATALOG_MARKER:
             continue  # the layer's catalog marker is not image content
-        st = entry.stat(follow_symlinks=False)
-        whited = _whiteout_target(entry.name, st, wh_files)
+        whited = _whiteout_target(entry, wh_files)
         if whited is not None:
             stats.removed += _remove(directory.dst, whited)
-        elif stat.S_ISDIR(st.st_mode):
-            subdirs.append((entry.name, st))
+        elif entry.is_dir(follow_symlinks=False):
+            subdirs.append((entry.name, entry.stat(follow_symlinks=False)))
         else:
-            _replace_with_link(directory, entry.name, st, stats)
+            _replace_with_link(directory, entry, stats)
     return subdirs
 
 
@@ -128,15 +127,21 @@ def _is_opaque(src_fd: int, entries: list[os.DirEntry[str]], wh_files: bool) -> 
         return False
 
 
-def _whiteout_target(name: str, st: os.stat_result, wh_files: bool) -> str | None:
+def _whiteout_target(entry: os.DirEntry[str], wh_files: bool) -> str | None:
     """The name this entry deletes below it, if it is a whiteout ("" for the opaque marker)."""
+    name = entry.name
     if wh_files:
         if name == OPAQUE_MARKER:
             return ""
         return name[len(WHITEOUT_PREFIX) :] if name.startswith(WHITEOUT_PREFIX) else None
-    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-        return name
-    return None
+    # The directory entry's type answers for files, links and directories without a
+    # stat call; only what is left (devices, fifos) needs one.
+    if entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False):
+        return None
+    if entry.is_symlink():
+        return None
+    st = entry.stat(follow_symlinks=False)
+    return name if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 else None
 
 
 def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
@@ -166,12 +171,13 @@ def _clear(dir_fd: int) -> int:
 
 
 def _enter(parent: _Dir, name: str, st: os.stat_result) -> _Dir:
-    existing = _lstat(parent.dst, name)
-    if existing is not None and not stat.S_ISDIR(existing.st_mode):
-        _remove(parent.dst, name)
-        existing = None
-    if existing is None:
+    try:
         os.mkdir(name, 0o700, dir_fd=parent.dst)
+    except FileExistsError:
+        existing = _lstat(parent.dst, name)
+        if existing is not None and not stat.S_ISDIR(existing.st_mode):
+            _remove(parent.dst, name)
+            os.mkdir(name, 0o700, dir_fd=parent.dst)
     src = os.open(name, _DIR_FLAGS, dir_fd=parent.src)
     try:
         dst = os.open(name, _DIR_FLAGS, dir_fd=parent.dst)
@@ -228,18 +234,37 @@ def _close(directory: _Dir) -> None:
             os.close(fd)
 
 
-def _replace_with_link(directory: _Dir, name: str, st: os.stat_result, stats: MergeStats) -> None:
-    _remove(directory.dst, name)
+def _replace_with_link(directory: _Dir, entry: os.DirEntry[str], stats: MergeStats) -> None:
+    # Link first: into a fresh directory (most of them) nothing is in the way, and a
+    # stat per file would cost as much as the link itself.
     try:
-        os.link(
-            name, name, src_dir_fd=directory.src, dst_dir_fd=directory.dst, follow_symlinks=False
-        )
+        _link(directory, entry.name)
+    except FileExistsError:
+        _remove(directory.dst, entry.name)
+        _link_or_copy(directory, entry, stats)
+        return
+    except OSError as exc:
+        if exc.errno not in _LINK_FALLBACK:
+            raise
+        _copy_entry(directory, entry.name, entry.stat(follow_symlinks=False))
+        stats.copied += 1
+        return
+    stats.linked += 1
+
+
+def _link_or_copy(directory: _Dir, entry: os.DirEntry[str], stats: MergeStats) -> None:
+    try:
+        _link(directory, entry.name)
         stats.linked += 1
     except OSError as exc:
         if exc.errno not in _LINK_FALLBACK:
             raise
-        _copy_entry(directory, name, st)
+        _copy_entry(directory, entry.name, entry.stat(follow_symlinks=False))
         stats.copied += 1
+
+
+def _link(directory: _Dir, name: str) -> None:
+    os.link(name, name, src_dir_fd=directory.src, dst_dir_fd=directory.dst, follow_symlinks=False)
 
 
 def _copy_entry(directory: _Dir, name: str, st: os.stat_result) -> None:
