@@ -30,7 +30,7 @@ PORT="$(.venv/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.
 REGISTRY="127.0.0.1:$PORT"
 IMAGE="$REGISTRY/demo/hello:1.0"
 
-say "1/3  starting a registry (docker-registry) on $REGISTRY"
+say "1/5  starting a registry (docker-registry) on $REGISTRY"
 cat >"$WORK/registry.yml" <<YAML
 version: 0.1
 log:
@@ -47,7 +47,7 @@ YAML
 /usr/bin/docker-registry serve "$WORK/registry.yml" >"$WORK/registry.log" 2>&1 &
 REGISTRY_PID=$!
 
-say "2/3  building demo/hello:1.0 locally and pushing it with skopeo"
+say "2/5  building demo/hello:1.0 locally and pushing it with skopeo"
 if ! .venv/bin/python scripts/seed_demo.py --registry "$REGISTRY" --workdir "$WORK"; then
     echo "--- registry log ($WORK/registry.log):" >&2
     tail -n 20 "$WORK/registry.log" >&2
