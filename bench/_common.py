@@ -13,7 +13,9 @@ numbers are flagged as upper bounds.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import os
 import statistics
 import subprocess
@@ -210,3 +212,23 @@ def round_robin(
             samples[name].append(once())
             print(f"  {name} #{index + 1}: {samples[name][-1].seconds:.3f} s", flush=True)
     return {name: Result(name, tuple(runs)) for name, runs in samples.items()}
+
+
+def add_image_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the benchmarks that generate an image (``generate_layers``)."""
+    parser.add_argument("--size-mb", type=float, default=100.0, help="compressed image size (MB)")
+    parser.add_argument("--files", type=int, default=30_000, help="number of files in the image")
+    parser.add_argument("--layers", type=int, default=5, help="number of layers")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (median)")
+    parser.add_argument("--seed", type=int, default=20240101)
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument("--workdir", default=None, help="where to create the working directory")
+    parser.add_argument("--out", default=str(REPO / "bench" / "out"), help="JSON results directory")
+
+
+def write_results(summary: object, out: Path, name: str) -> None:
+    """``summary`` as ``<out>/<name>-<time>.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    print(f"results written to {path}")

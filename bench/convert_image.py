@@ -30,7 +30,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from _common import REPO, BenchError, Result, Sample, mib, round_robin, run_measured, settle, table
+from _common import (
+    BenchError,
+    Result,
+    Sample,
+    add_image_arguments,
+    mib,
+    round_robin,
+    run_measured,
+    settle,
+    table,
+    write_results,
+)
 from unpack_layers import REPOSITORY, Setup, generate_layers, measure_skopeo_umoci
 
 from support.oci import BuiltImage, build_image
@@ -175,14 +186,7 @@ def _report(
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--size-mb", type=float, default=100.0, help="compressed image size (MB)")
-    parser.add_argument("--files", type=int, default=30_000, help="number of files in the image")
-    parser.add_argument("--layers", type=int, default=5, help="number of layers")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement (median)")
-    parser.add_argument("--seed", type=int, default=20240101)
-    parser.add_argument("--keep", action="store_true", help="keep the working directory")
-    parser.add_argument("--workdir", default=None, help="where to create the working directory")
-    parser.add_argument("--out", default=str(REPO / "bench" / "out"), help="JSON results directory")
+    add_image_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -193,11 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as error:
         print(f"benchmark failed: {error}", file=sys.stderr)
         return 1
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"convert_image-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    print(f"results written to {path}")
+    write_results(summary, Path(args.out), "convert_image")
     return 0
 
 

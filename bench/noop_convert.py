@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from _common import REPO, BenchError, table
+from _common import REPO, BenchError, table, write_results
 
 from support.oci import TarEntry, build_image, tar_bytes
 from support.registry import RegistryServer, skopeo_copy, start_registry
@@ -224,11 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
     report(summary)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"noop_convert-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    print(f"results written to {path}")
+    write_results(summary, Path(args.out), "noop_convert")
     return 0
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import random
 import shutil
 import sys
@@ -35,15 +34,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from _common import (
-    REPO,
     RSS_IS_EXACT,
     BenchError,
     Result,
     Sample,
+    add_image_arguments,
     mib,
     round_robin,
     run_measured,
     table,
+    write_results,
 )
 
 from support.oci import BuiltImage, TarEntry, build_image, tar_bytes
@@ -343,28 +343,14 @@ def _run_in(workdir: Path, args: argparse.Namespace) -> int:
         "trees": verdict,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write(summary, Path(args.out))
+    write_results(summary, Path(args.out), "unpack_layers")
     return 0
-
-
-def _write(summary: dict[str, object], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"unpack_layers-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    print(f"results written to {path}")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--size-mb", type=float, default=100.0, help="compressed image size (MB)")
-    parser.add_argument("--files", type=int, default=30_000, help="number of files in the image")
-    parser.add_argument("--layers", type=int, default=5, help="number of layers")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
-    parser.add_argument("--seed", type=int, default=20240101)
-    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    add_image_arguments(parser)
     parser.add_argument("--no-verify", action="store_true", help="skip the tree comparison")
-    parser.add_argument("--workdir", default=None, help="where to create the working directory")
-    parser.add_argument("--out", default=str(REPO / "bench" / "out"), help="JSON results directory")
     return parser.parse_args(argv)
 
 
