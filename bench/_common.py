@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import statistics
@@ -185,16 +186,37 @@ def table(rows: Sequence[Sequence[str]]) -> str:
 
 
 SETTLE_SECONDS = 2.0
+QUIET_SECONDS = 65.0
+"""How long nothing may have been deleted before the first measured run (see ``quiet``)."""
+_RUN_NUMBERS = itertools.count(1)
 
 
 def settle() -> None:
-    """Flush dirty pages and pause, so that no run pays for an earlier run's writeback.
-
-    On a VM disk, the writeback of one run's hundreds of megabytes otherwise lands in
-    the next run's time (seen here: the same command timed 0.6 s and 3.4 s in a row).
-    """
+    """Flush dirty pages and pause, so that no run pays for an earlier run's writeback."""
     os.sync()
     time.sleep(SETTLE_SECONDS)
+
+
+def quiet() -> None:
+    """Wait until inodes deleted by the set-up no longer slow down creating new ones.
+
+    On ext4 without a journal (this VM's root), the inode allocator skips every inode
+    deleted in the last 60 s (5 min while its inode table block is dirty), and pays a
+    buffer lookup for each one it skips: after removing a tree of 30,000 files, creating
+    files is ten times slower for a minute (measured: 30,000 files in 5.2 s, then 0.5 s
+    once the minute had passed). That is why runs never delete anything either
+    (``run_dir``); everything goes when the benchmark ends.
+    """
+    os.sync()
+    print(f"waiting {QUIET_SECONDS:.0f} s after the set-up's deletions", flush=True)
+    time.sleep(QUIET_SECONDS)
+
+
+def run_dir(workdir: Path, name: str) -> Path:
+    """A path no earlier run used, below ``workdir/runs`` (not created)."""
+    parent = workdir / "runs"
+    parent.mkdir(exist_ok=True)
+    return parent / f"{name}-{next(_RUN_NUMBERS)}"
 
 
 def round_robin(

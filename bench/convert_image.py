@@ -36,7 +36,9 @@ from _common import (
     Sample,
     add_image_arguments,
     mib,
+    quiet,
     round_robin,
+    run_dir,
     run_measured,
     settle,
     table,
@@ -80,12 +82,10 @@ class Bench:
         self.workdir = workdir
         self.setup_a = setup_a
         self.remote_b = remote_b
+        self.incremental: Path | None = None
 
     def fresh(self, name: str) -> Path:
-        path = self.workdir / name
-        if path.exists():
-            shutil.rmtree(path)
-        return path
+        return run_dir(self.workdir, name)
 
     def cold_a(self) -> Sample:
         return _convert(self.setup_a.remote, self.fresh("repo-cold"))
@@ -94,7 +94,7 @@ class Bench:
         return measure_skopeo_umoci(self.setup_a, self.fresh("umoci-root"))
 
     def b_after_a(self) -> Sample:
-        repo = self.fresh("repo-incremental")
+        repo = self.incremental = self.fresh("repo-incremental")
         _convert(self.setup_a.remote, repo)
         settle()  # A's writeback is not B's cost
         return _convert(self.remote_b, repo)
@@ -103,12 +103,11 @@ class Bench:
         root = self.fresh("top-layer")
         return run_measured([[sys.executable, WORKER, self.remote_b, str(root), "--last"]])
 
+    def convert_a_for_noop(self) -> None:
+        _convert(self.setup_a.remote, self.workdir / "repo-noop")
+
     def noop_a(self) -> Sample:
-        repo = self.workdir / "repo-noop"
-        if not repo.exists():
-            _convert(self.setup_a.remote, repo)
-            settle()
-        return _convert(self.setup_a.remote, repo)
+        return _convert(self.setup_a.remote, self.workdir / "repo-noop")
 
 
 def _images(layout: Path, args: argparse.Namespace) -> tuple[BuiltImage, BuiltImage, list[bytes]]:
@@ -131,6 +130,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             bench = Bench(
                 workdir, Setup(workdir, registry, image_a), f"{registry.host}/{REPOSITORY}:b"
             )
+            bench.convert_a_for_noop()
+            quiet()
             measured = round_robin(
                 [
                     ("convert A (cold)", bench.cold_a),
@@ -144,7 +145,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             results = dict(
                 zip(("cold", "umoci", "incremental", "top", "noop"), measured.values(), strict=True)
             )
-            repo_bytes = _repo_bytes(workdir / "repo-incremental")
+            assert bench.incremental is not None
+            repo_bytes = _repo_bytes(bench.incremental)
         return _report(results, repo_bytes, _content_bytes(unique_layers), args)
     finally:
         if args.keep:

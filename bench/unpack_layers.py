@@ -40,7 +40,9 @@ from _common import (
     Sample,
     add_image_arguments,
     mib,
+    quiet,
     round_robin,
+    run_dir,
     run_measured,
     table,
     write_results,
@@ -185,12 +187,6 @@ class Setup:
         return f"{self.registry.host}/{REPOSITORY}:{self.image.tag}"
 
 
-def _fresh(path: Path) -> Path:
-    if path.exists():
-        shutil.rmtree(path)
-    return path
-
-
 def measure_unpacked(setup: Setup, root: Path) -> Sample:
     """(a): the flat applier in a child process, layers streamed from the registry."""
     worker = Path(__file__).resolve().parent / "_unpack_worker.py"
@@ -200,7 +196,7 @@ def measure_unpacked(setup: Setup, root: Path) -> Sample:
 
 def measure_skopeo_umoci(setup: Setup, root: Path) -> Sample:
     """(b): pull into an OCI layout with skopeo, then ``umoci raw unpack`` it."""
-    layout = _fresh(setup.workdir / "skopeo-layout")
+    layout = run_dir(setup.workdir, "skopeo-layout")
     pull = ["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false"]
     pull += [f"docker://{setup.remote}", f"oci:{layout}:{setup.image.tag}"]
     unpack = ["umoci", "raw", "unpack", "--image", f"{layout}:{setup.image.tag}", str(root)]
@@ -227,21 +223,17 @@ Contender = Callable[[Setup, Path], Sample]
 
 
 def once(name: str, contender: Contender, setup: Setup) -> tuple[str, Callable[[], Sample]]:
-    """``contender`` as one run into a fresh root, for ``round_robin``."""
+    """``contender`` as one run into a new root, for ``round_robin`` (kept: see ``quiet``)."""
 
     def run() -> Sample:
-        root = _fresh(setup.workdir / "root")
-        try:
-            return contender(setup, root)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
+        return contender(setup, run_dir(setup.workdir, "root"))
 
     return name, run
 
 
 def verify_same_tree(setup: Setup) -> str:
     """Unpack once with (a) and (b) and compare the trees; a benchmark of different work is void."""
-    ours, theirs = _fresh(setup.workdir / "verify-a"), _fresh(setup.workdir / "verify-b")
+    ours, theirs = run_dir(setup.workdir, "verify-a"), run_dir(setup.workdir, "verify-b")
     measure_unpacked(setup, ours)
     measure_skopeo_umoci(setup, theirs)
     differences = compare(snapshot(theirs), snapshot(ours), intended=INTENDED_FLAT_DIFFERENCES)
@@ -334,6 +326,7 @@ def _run_in(workdir: Path, args: argparse.Namespace) -> int:
             once("c: gzip -dc | tar -x (floor)", measure_tar_floor, setup),
             once("a at a quarter of the size", measure_unpacked, small_setup),
         ]
+        quiet()
         measured = list(round_robin(contenders, args.repeat).values())
         results, small_result = measured[:3], measured[3]
     summary = report(results, small_result, [big_stats, small_stats])
