@@ -84,6 +84,14 @@ class UnsafeLayerError(LayerError):
     """A layer entry would create, change or follow something outside the target."""
 
 
+class LowerLayersNeeded(LayerError):
+    """A layer unpacked before its lower layers were ready needs them in the middle of its tar.
+
+    Raised only when the caller asked to defer the lower tree (``defer_lower``); the
+    caller unpacks the layer again, in order, with the lower tree.
+    """
+
+
 class PublishError(UnpackedError):
     """A repository transaction could not be completed; the published tree is unchanged."""
 

@@ -18,10 +18,10 @@ from unpacked.layers._entries import (
     Context,
     Place,
     directory_metadata,
-    inherit_lower_directory,
 )
+from unpacked.layers._lower import complete
 from unpacked.layers._paths import Parts, Tree, display, normalise
-from unpacked.layers._report import ApplyReport, ReportBuilder, Target
+from unpacked.layers._report import ApplyReport, PendingLower, ReportBuilder, Target
 from unpacked.layers._tarstream import TarReader
 from unpacked.layers._whiteouts import Whiteouts
 
@@ -34,6 +34,7 @@ def apply_layer(
     *,
     target: Target,
     lower: Path | None = None,
+    defer_lower: bool = False,
     name: str = "layer",
 ) -> ApplyReport:
     """Apply one uncompressed tar stream to the directory ``root``.
@@ -41,21 +42,33 @@ def apply_layer(
     FLAT: ``root`` holds the layers below; whiteouts remove from it. LAYERFS:
     ``root`` is the layer's own directory and ``lower`` (optional) the file
     system of the layers below, from which a hard link to a file not in this
-    layer is copied. The stream is read to its end. Raises ``LayerError`` (or
-    ``UnsafeLayerError`` for an entry that would leave ``root``) naming the
-    layer and the entry; ``root`` is then partly written.
+    layer is copied, and whose directories give their metadata to the ones this
+    layer creates only implicitly. With ``defer_lower`` instead, the layers below
+    exist but are not ready: the layer is unpacked without them, the report's
+    ``pending`` says what ``complete_layer`` must do once they are, and a hard
+    link into them raises ``LowerLayersNeeded``. The stream is read to its end.
+    Raises ``LayerError`` (or ``UnsafeLayerError`` for an entry that would leave
+    ``root``) naming the layer and the entry; ``root`` is then partly written.
     """
-    if lower is not None and target is not Target.LAYERFS:
-        raise ValueError("lower is only used with Target.LAYERFS")
+    if (lower is not None or defer_lower) and target is not Target.LAYERFS:
+        raise ValueError("lower and defer_lower are only used with Target.LAYERFS")
+    if lower is not None and defer_lower:
+        raise ValueError("lower is given: nothing to defer")
     try:
-        return _apply(tar_stream, root, target=target, lower=lower, name=name)
+        return _apply(tar_stream, root, target=target, lower=lower, defer=defer_lower, name=name)
     except OSError as exc:
         # Entries are named by _apply_member; what is left concerns the layer's directories.
         raise LayerError(f"layer {name}: {root}: {exc.strerror or exc}") from exc
 
 
 def _apply(
-    tar_stream: Readable, root: Path, *, target: Target, lower: Path | None, name: str
+    tar_stream: Readable,
+    root: Path,
+    *,
+    target: Target,
+    lower: Path | None,
+    defer: bool,
+    name: str,
 ) -> ApplyReport:
     fs = _fs.select()
     with contextlib.ExitStack() as trees:
@@ -71,11 +84,15 @@ def _apply(
             report=report,
             lower=lower_tree,
             upper=set() if target is Target.FLAT else None,
+            implicit={} if target is Target.LAYERFS else None,
+            defer_lower=defer,
         )
         for member in reader:
             report.entries += 1
             _apply_member(ctx, mode, member)
         _finish(ctx, reader)
+        if target is Target.LAYERFS:
+            _lower_layers(ctx, defer)
     result = report.build()
     logger.debug(
         "layer %s: %d entries, %d bytes, whiteouts %s",
@@ -125,10 +142,24 @@ def _created_implicitly(ctx: Context) -> None:
     """Bookkeeping for the missing parent directories the last entry needed."""
     for parts in ctx.tree.created:
         ctx.created(parts)
-    if ctx.lower is not None:
-        for parts in ctx.tree.created:
-            inherit_lower_directory(ctx, parts)
+        if ctx.implicit is not None:
+            ctx.implicit.pop(parts, None)
+            ctx.implicit[parts] = None  # the order of their last creation
     ctx.tree.created.clear()
+
+
+def _lower_layers(ctx: Context, defer: bool) -> None:
+    """LAYERFS: what the layer takes from the layers below, now or (``defer``) later."""
+    assert ctx.implicit is not None
+    pending = PendingLower(tuple(ctx.implicit), ctx.root_opaque)
+    if ctx.lower is not None:
+        complete(ctx, pending)
+    elif defer:
+        ctx.report.pending = pending
+    elif ctx.root_opaque:
+        ctx.report.warn(
+            "opaque marker in the layer root cannot take effect without the lower tree", ""
+        )
 
 
 def _create(ctx: Context, member: tarfile.TarInfo, parts: Parts) -> None:
@@ -159,8 +190,6 @@ def _finish(ctx: Context, reader: TarReader) -> None:
     if reader.source.drain():
         ctx.report.warn("data after the end-of-archive marker ignored", "")
     ctx.report.diff_size = reader.source.tell()
-    if ctx.root_opaque:
-        _whiteouts.spell_out_root_opaque(ctx)
     # Directories this layer only passed through get their times back; then
     # the directory entries of this layer get theirs.
     for times in (ctx.tree.times, ctx.dir_times):
@@ -185,16 +214,19 @@ def unpack_layer(
     *,
     target: Target,
     lower: Path | None = None,
+    defer_lower: bool = False,
     name: str,
 ) -> ApplyReport:
-    """Decompress, apply and verify one layer blob.
+    """Decompress, apply and verify one layer blob (``apply_layer`` tells the arguments).
 
     The uncompressed stream is hashed to its very end (trailing zero blocks
     included) and must equal ``diff_id``, else ``VerificationError`` naming the
     layer; ``root`` is then partly written and must be discarded by the caller.
     """
     with opened(blob, media_type, name=name, diff_id=diff_id) as stream:
-        return apply_layer(stream, root, target=target, lower=lower, name=name)
+        return apply_layer(
+            stream, root, target=target, lower=lower, defer_lower=defer_lower, name=name
+        )
 
 
 def unpack_flat(layers: Iterable[tuple[Readable, str, Digest]], root: Path) -> list[ApplyReport]:

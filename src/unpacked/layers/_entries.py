@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TypeVar, cast
 
-from unpacked.errors import LayerError
+from unpacked.errors import LayerError, LowerLayersNeeded
 from unpacked.layers._fs import FileSystem
 from unpacked.layers._paths import Parts, Tree, display, normalise
 from unpacked.layers._report import ReportBuilder
@@ -61,6 +61,11 @@ class Context:
     """Times of directory entries, set when the layer is complete."""
     root_opaque: bool = False
     """LAYERFS: the layer has an opaque marker in its root directory."""
+    implicit: dict[Parts, None] | None = None
+    """LAYERFS: directories whose last creation was implicit (as a missing parent), in order;
+    they take the lower directory's metadata when the layer is complete."""
+    defer_lower: bool = False
+    """LAYERFS: the lower tree exists but is not ready; needing it raises LowerLayersNeeded."""
 
     def created(self, parts: Parts) -> None:
         """FLAT: record that this layer created ``parts`` (and so its parents hold its content)."""
@@ -274,6 +279,8 @@ def directory_metadata(
         _drop_undeclared_xattrs(ctx, fd, member, display(parts))
     _metadata_fd(ctx, fd, member, parts, minimum=0o700)
     ctx.dir_times[parts] = times(member)
+    if ctx.implicit is not None:
+        ctx.implicit.pop(parts, None)  # declared after all: its own metadata wins
 
 
 def _drop_undeclared_xattrs(ctx: Context, fd: int, member: tarfile.TarInfo, path: str) -> None:
@@ -294,21 +301,24 @@ def _drop_undeclared_xattrs(ctx: Context, fd: int, member: tarfile.TarInfo, path
 
 
 def inherit_lower_directory(ctx: Context, parts: Parts) -> None:
-    """LAYERFS: a directory this layer creates only implicitly takes the lower one's metadata.
+    """LAYERFS: a directory this layer created only implicitly takes the lower one's metadata.
 
     overlayfs shows the topmost directory's metadata, and the layer did not
-    mean to change it.
+    mean to change it. Called once the layer is complete, so times are final.
     """
     assert ctx.lower is not None
     below = ctx.lower.directory(parts, create=False)
-    here = ctx.tree.directory(parts, create=False)
-    if below is None or below[1] != parts or here is None:
+    try:
+        here = ctx.tree.directory(parts, create=False)
+    except LayerError:
+        return  # replaced by a non-directory later in the layer
+    if below is None or below[1] != parts or here is None or here[1] != parts:
         return  # not a real directory below (absent, or reached through a symlink)
     st = os.fstat(below[0])
     ctx.fs.chown_fd(here[0], st.st_uid, st.st_gid)
     os.fchmod(here[0], stat.S_IMODE(st.st_mode) | 0o700)
     _copy_xattrs(ctx, below[0], here[0], display(parts))
-    ctx.dir_times[parts] = (st.st_atime_ns, st.st_mtime_ns)
+    os.utime(here[0], ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 def symlink(ctx: Context, member: tarfile.TarInfo, place: Place) -> None:
@@ -329,6 +339,11 @@ def hardlink(ctx: Context, member: tarfile.TarInfo, place: Place) -> None:
         return
     if ctx.lower is not None and copy_from_lower(ctx, place, target):
         return
+    if ctx.defer_lower:
+        raise LowerLayersNeeded(
+            f"layer {ctx.layer}: hard link {member.name!r} -> {member.linkname!r} "
+            "needs the lower layers"
+        )
     raise LayerError(
         f"layer {ctx.layer}: hard link {member.name!r} -> {member.linkname!r}: target not found"
     )

@@ -21,6 +21,23 @@ class Target(enum.Enum):
 
 
 @dataclass(frozen=True)
+class PendingLower:
+    """LAYERFS: what a layer still takes from the layers below it once they are ready.
+
+    ``complete_layer`` applies it; ``apply_layer`` does so itself when given ``lower``.
+    """
+
+    implicit_dirs: tuple[tuple[str, ...], ...] = ()
+    """Directories the layer created only as parents of its entries: they take the
+    metadata of the directory below, as overlayfs would show it."""
+    root_opaque: bool = False
+    """The layer has an opaque marker in its root, to be spelled out against the lower root."""
+
+    def __bool__(self) -> bool:
+        return bool(self.implicit_dirs) or self.root_opaque
+
+
+@dataclass(frozen=True)
 class ApplyReport:
     """What applying one layer did, for logs, records and tests.
 
@@ -44,6 +61,8 @@ class ApplyReport:
     """One line per kind of problem that did not stop the layer."""
     diff_size: int
     """Bytes in the uncompressed tar stream, read to its end (podman's "diff-size")."""
+    pending: PendingLower = PendingLower()
+    """LAYERFS with ``defer_lower``: what ``complete_layer`` must still do."""
 
 
 @dataclass
@@ -63,6 +82,7 @@ class ReportBuilder:
     # xattrs yields one line with a count, not 10k lines.
     warning_counts: dict[str, int] = field(default_factory=dict)
     warning_examples: dict[str, str] = field(default_factory=dict)
+    pending: PendingLower = PendingLower()
 
     def skip(self, path: str, reason: str) -> None:
         if len(self.skipped) < MAX_LISTED:
@@ -102,4 +122,5 @@ class ReportBuilder:
             whiteouts=self.whiteouts,
             warnings=tuple(warnings),
             diff_size=self.diff_size,
+            pending=self.pending,
         )

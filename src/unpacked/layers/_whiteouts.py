@@ -136,12 +136,15 @@ def spell_out_root_opaque(ctx: Context) -> None:
         )
         return
     root = ctx.tree.root_fd
+    # The whiteouts take the root's times: converting twice gives the same tree.
+    st = os.fstat(root)
     for name in os.listdir(ctx.lower.root_fd):
         below = os.stat(name, dir_fd=ctx.lower.root_fd, follow_symlinks=False)
         try:
             here = os.stat(name, dir_fd=root, follow_symlinks=False)
         except FileNotFoundError:
             _whiteout_device(ctx, root, name, 0, 0)
+            os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=root, follow_symlinks=False)
             continue
         if stat.S_ISDIR(here.st_mode) and stat.S_ISDIR(below.st_mode):
             found = ctx.tree.directory((name,), create=False)
