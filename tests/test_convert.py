@@ -18,6 +18,7 @@ import functools
 import hashlib
 import itertools
 import json
+import logging
 import os
 import shutil
 import stat
@@ -55,8 +56,10 @@ from support.tree import (
 from support.umoci import UmociOracle
 from unpacked import cli
 from unpacked.convert import ConvertOptions, ConvertResult, LayerProgress, Outcome, convert_image
+from unpacked.convert import _job as convert_job
 from unpacked.digest import Digest
 from unpacked.errors import ConfigError, NotFoundError, VerificationError
+from unpacked.layers import UnpackPool
 from unpacked.platform import Platform
 from unpacked.publish import open_publisher
 from unpacked.reference import Reference
@@ -284,25 +287,89 @@ class CorpusRepos:
     registry: RegistryServer
     push_image: PushImage
     workdir: Path
+    unpack_workers: int
     done: dict[str, Converted] = dataclasses.field(default_factory=dict)
+    pools: list[int] = dataclasses.field(default_factory=list)
+    """Worker counts of the ``UnpackPool``s the conversions started."""
+    redone: list[str] = dataclasses.field(default_factory=list)
+    """Layers a worker could not unpack before their lower layers were ready."""
 
     def converted(self, image: CorpusImage) -> Converted:
         if image.name not in self.done:
             built = self.oracle.built(image)
             self.push_image(built, f"corpus/{image.name}:latest")
             root = self.workdir / image.name
-            result = convert(ref_of(self.registry, f"corpus/{image.name}:latest"), root)
+            result = convert(
+                ref_of(self.registry, f"corpus/{image.name}:latest"),
+                root,
+                unpack_workers=self.unpack_workers,
+            )
             assert result.outcome is Outcome.ADDED
             self.done[image.name] = Converted(image, built, root, result)
         return self.done[image.name]
 
 
-@pytest.fixture(scope="module")
+UNPACK_MODES = {"in-process": 1, "workers": 2}
+
+
+@pytest.fixture(scope="module", params=list(UNPACK_MODES))
 def corpus(
-    tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer, push_image: PushImage
-) -> CorpusRepos:
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    registry: RegistryServer,
+    push_image: PushImage,
+) -> Iterator[CorpusRepos]:
+    """Every corpus image converted, with its layers unpacked in order in this process, or
+    by two worker processes ahead of order (asked for: used whatever the size)."""
     oracle = UmociOracle(tmp_path_factory.mktemp("umoci"))
-    return CorpusRepos(oracle, registry, push_image, tmp_path_factory.mktemp("corpus-repos"))
+    repos = CorpusRepos(
+        oracle,
+        registry,
+        push_image,
+        tmp_path_factory.mktemp(f"corpus-repos-{request.param}"),
+        UNPACK_MODES[request.param],
+    )
+
+    class CountedPool(UnpackPool):
+        def __init__(self, workers: int) -> None:
+            repos.pools.append(workers)
+            super().__init__(workers)
+
+    class Redone(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "unpacking the layer again" in record.getMessage():
+                repos.redone.append(record.getMessage())
+
+    handler = Redone()
+    job_logger = logging.getLogger(convert_job.__name__)
+    job_logger.addHandler(handler)
+    level = job_logger.level
+    job_logger.setLevel(logging.INFO)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(convert_job, "UnpackPool", CountedPool)
+            yield repos
+    finally:
+        job_logger.removeHandler(handler)
+        job_logger.setLevel(level)
+
+
+@needs_root
+@needs_umoci
+def test_workers_unpack_ahead_of_order_and_redo_what_needs_lower_layers(
+    corpus: CorpusRepos,
+) -> None:
+    """The corpus really goes through the mode its tests are named after."""
+    for image in CORPUS:
+        corpus.converted(image)
+    if corpus.unpack_workers == 1:
+        assert corpus.pools == []
+        return
+    multi_layer = [image for image in CORPUS if len(set(image.layers)) > 1]  # distinct layers
+    assert len(corpus.pools) >= len(multi_layer)
+    # "links" hard-links files of its lower layer: its worker must stop and the
+    # layer be unpacked again in order, with the lower tree.
+    assert any("links" in redone and "usr-bin-busybox" in redone for redone in corpus.redone)
 
 
 COMPOSED_DIVERGES = {

@@ -47,6 +47,7 @@ PushImage = Callable[..., SampleImage]
 UNPACKED = Path(sys.executable).with_name("unpacked")
 RUNS = 20
 COMMIT_RUNS = 4
+WORKER_RUNS = 8
 COMMIT_STEPS = 6  # the commit of v2 has more steps than this (trees, files, links)
 WORKER = Path(__file__).with_name("convert_worker.py")
 POLL_INTERVAL = 0.0002
@@ -250,11 +251,14 @@ class CrashLoop:
     history: list[Kill] = dataclasses.field(default_factory=list)
 
     def run(
-        self, kill: Callable[[Conversion], tuple[str, bool]], prefix: Sequence[str] = ()
+        self,
+        kill: Callable[[Conversion], tuple[str, bool]],
+        prefix: Sequence[str] = (),
+        options: Sequence[str] = (),
     ) -> Kill:
         """Convert v2 on a fresh copy of OLD, ``kill`` it, recover, classify, finish."""
         copy_tree(self.scenario.pristine, self.root)
-        args = command(str(self.scenario.reference), self.root)
+        args = [*command(str(self.scenario.reference), self.root), *options]
         if prefix:  # a worker instead of the console script, with the same arguments
             args = [*prefix, *args[1:]]
         with Conversion(args) as conversion:
@@ -326,6 +330,54 @@ def test_killed_conversion_leaves_old_or_new(scenario: Scenario, tmp_path: Path)
     assert sum(kill.area or kill.journal for kill in loop.history) >= 3, f"too few:\n{log}"
     assert sum(kill.journal for kill in loop.history) >= 1, f"no kill in a commit:\n{log}"
     assert {kill.seen for kill in loop.history} == {"old", "new"}, log
+
+
+def _unpack_workers(parent: int | None = None) -> list[int]:
+    """Live ``unpacked.layers._worker`` processes (whose parent is ``parent``, if given)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            status = Path(f"/proc/{entry}/status").read_text()
+            ppid = int(status.split("PPid:", 1)[1].split()[0])
+            if (
+                b"unpacked.layers._worker" in cmdline
+                and "State:\tZ" not in status
+                and parent in (None, ppid)
+            ):
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+def test_killed_conversion_with_unpack_workers_leaves_no_worker(
+    scenario: Scenario, tmp_path: Path
+) -> None:
+    """Killed while worker processes unpack its layers: the repository is OLD or NEW, as
+    always, and the workers die with their parent instead of writing on."""
+    loop = CrashLoop(
+        scenario, tmp_path / "repo", state(scenario.pristine, times=True), state(scenario.finished)
+    )
+    chance = random.Random(20241127)
+    span = OVERSHOOT * scenario.duration
+    busy = 0
+    for run in range(WORKER_RUNS):
+        delay = (run + chance.random()) * span / WORKER_RUNS
+
+        def kill(conversion: Conversion, delay: float = delay) -> tuple[str, bool]:
+            nonlocal busy
+            time.sleep(max(0.0, conversion.started + delay - time.monotonic()))
+            busy += bool(_unpack_workers(conversion.process.pid))
+            return f"+{delay * 1000:.0f} ms", conversion.kill()
+
+        loop.run(kill, options=["--unpack-workers", "2"])
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while left := _unpack_workers():
+            assert time.monotonic() < deadline, f"unpack workers outlived their parent: {left}"
+            time.sleep(0.05)
+    assert busy >= 1, f"never killed while workers ran:\n{loop.log()}"
 
 
 def test_concurrent_conversions_into_one_repository(

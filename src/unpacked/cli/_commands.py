@@ -51,6 +51,7 @@ def _convert_options(args: argparse.Namespace) -> ConvertOptions:
         platform=Platform.parse(args.platform),
         skip_flat=args.skip_flat,
         skip_layers=args.skip_layers,
+        unpack_workers=args.unpack_workers,
     )
 
 

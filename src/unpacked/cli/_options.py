@@ -57,13 +57,33 @@ def add_repo_option(parser: argparse.ArgumentParser, *, required: bool = True) -
     )
 
 
-def add_skip_options(parser: argparse.ArgumentParser) -> None:
+def add_convert_options(parser: argparse.ArgumentParser) -> None:
+    """What to publish of each image, and how much of the machine to use for it."""
     parser.add_argument(
         "--skip-flat", action="store_true", help="do not build flat trees (layers only)"
     )
     parser.add_argument(
         "--skip-layers", action="store_true", help="do not store layer directories (flat only)"
     )
+    parser.add_argument(
+        "--unpack-workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="layers of one image unpacked at once, each in its own process "
+        "(default: one per CPU, at most 4, for images with 8 MiB of new layers or more; "
+        "1: all in this process)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer >= 1")
+    return value
 
 
 def duration(text: str) -> float:

@@ -11,9 +11,9 @@ import argparse
 
 from unpacked import __version__
 from unpacked.cli._options import (
+    add_convert_options,
     add_registry_options,
     add_repo_option,
-    add_skip_options,
     duration,
 )
 
@@ -74,7 +74,7 @@ def _add_image_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     single.add_argument("reference", help="image reference, e.g. ubuntu:22.04")
     add_repo_option(single)
-    add_skip_options(single)
+    add_convert_options(single)
     _json_option(single)
     add_registry_options(single)
 
@@ -107,7 +107,7 @@ def _add_wishlist_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         )
         parser.add_argument("wishlist", help="DUCC recipe (YAML) or plain list of references")
         add_repo_option(parser, required=False)
-        add_skip_options(parser)
+        add_convert_options(parser)
         parser.add_argument("--strict", action="store_true", help="wish-list warnings are errors")
         parser.add_argument(
             "--attempts",

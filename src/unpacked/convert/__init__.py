@@ -103,3 +103,5 @@ def _check_options(reference: Reference, options: ConvertOptions) -> None:
         raise ConfigError(f"{reference}: --skip-flat and --skip-layers leave nothing to publish")
     if options.download_workers < 1:
         raise ConfigError("download workers must be at least 1")
+    if options.unpack_workers is not None and options.unpack_workers < 1:
+        raise ConfigError("unpack workers must be at least 1")

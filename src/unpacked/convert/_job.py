@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from unpacked import layout
 from unpacked.apptainer import prepare_sandbox
+from unpacked.convert._blobs import AheadOfOrder, Downloads
 from unpacked.convert._layer_records import (
     LayerWork,
     stored_layer,
@@ -19,6 +21,7 @@ from unpacked.convert._layer_records import (
     write_layer_records,
 )
 from unpacked.convert._model import (
+    MAX_AUTO_UNPACK_WORKERS,
     ConvertOptions,
     ConvertResult,
     LayerProgress,
@@ -28,16 +31,28 @@ from unpacked.convert._model import (
     placement,
 )
 from unpacked.digest import Digest
-from unpacked.layers import Target, merge_layer, unpack_layer
-from unpacked.manifest import Descriptor
+from unpacked.errors import LowerLayersNeeded
+from unpacked.layers import (
+    ApplyReport,
+    Target,
+    UnpackPool,
+    available_cpus,
+    complete_layer,
+    merge_layer,
+    unpack_layer,
+)
 from unpacked.publish import Transaction
 from unpacked.records import (
     ImageStatus,
 )
 from unpacked.reference import Reference
-from unpacked.registry import BlobStream, RegistryClient, ResolvedImage
+from unpacked.registry import RegistryClient, ResolvedImage
 
-_CHUNK = 1 << 20
+logger = logging.getLogger(__name__)
+
+POOL_MIN_BYTES = 8 << 20
+"""Below this many compressed bytes of new layers, starting workers costs more than it saves
+(for the automatic choice; a number of workers asked for is used whatever the size)."""
 
 
 @dataclass
@@ -71,10 +86,6 @@ class Job:
             self._finish_flat(flat)
         self._write_metadata(tx, previous, when)
 
-    def _downloads(self, tx: Transaction, items: list[LayerWork]) -> Downloads:
-        self.downloaded = sum({i.descriptor.digest: i.descriptor.size for i in items}.values())
-        return Downloads(self, tx, items)
-
     def result(self, outcome: Outcome, seconds: float) -> ConvertResult:
         return ConvertResult(
             self.reference,
@@ -105,65 +116,135 @@ class Job:
         return work
 
     def _unpack_layers(self, tx: Transaction, work: list[LayerWork], flat: Path | None) -> None:
-        with self._downloads(tx, [item for item in work if item.new]) as blobs:
-            self._stack_layers(tx, work, blobs, flat)
+        new = [item for item in work if item.new]  # only a layer's first use is new
+        for item in new:
+            self._make_layer_dir(tx, item)
+        workers = self._unpack_workers(new, work, flat)
+        with contextlib.ExitStack() as stack:
+            ahead = None
+            if workers:
+                ahead = AheadOfOrder(self, stack.enter_context(UnpackPool(workers)))
+            blobs = stack.enter_context(self._downloads(tx, new, ahead))
+            self._stack_layers(tx, work, blobs, ahead, flat)
+
+    def _unpack_workers(
+        self, new: list[LayerWork], work: list[LayerWork], flat: Path | None
+    ) -> int:
+        """Worker processes for the new layers; 0: unpack them here, in order."""
+        wanted = self.options.unpack_workers
+        if wanted is None:  # automatic: only where workers pay for their start
+            if sum(item.descriptor.size for item in new) < POOL_MIN_BYTES:
+                return 0
+            wanted = min(MAX_AUTO_UNPACK_WORKERS, available_cpus())
+        if wanted < 2:
+            return 0
+        # One new layer is worth a worker too when stored layers merge meanwhile.
+        stored = flat is not None and len(new) < len(work)
+        return min(wanted, len(new)) if len(new) > 1 or stored else 0
+
+    def _downloads(
+        self, tx: Transaction, items: list[LayerWork], ahead: AheadOfOrder | None
+    ) -> Downloads:
+        self.downloaded = sum(item.descriptor.size for item in items)
+        return Downloads(self, tx, items, ahead.submit if ahead is not None else None)
 
     def _stack_layers(
-        self, tx: Transaction, work: list[LayerWork], blobs: Downloads, flat: Path | None
+        self,
+        tx: Transaction,
+        work: list[LayerWork],
+        blobs: Downloads,
+        ahead: AheadOfOrder | None,
+        flat: Path | None,
     ) -> None:
         staged: dict[Digest, LayerWork] = {}
         for item in work:
             digest = item.descriptor.digest
-            if item.new:
-                self._unpack_one(tx, item, blobs.wait(digest), flat)
-                staged[digest] = item
-            elif digest in staged:  # the same layer twice in one image
+            if digest in staged:  # the same layer twice in one image
                 first = staged[digest]
                 item.layerfs, item.whiteouts = first.layerfs, first.whiteouts
                 item.diff_size = first.diff_size
+            elif item.new:
+                self._unpack_one(tx, item, blobs.wait(digest), ahead, flat)
+                staged[digest] = item
             else:
                 item.layerfs = tx.read_path(layout.layerfs_dir(digest))
-                item.whiteouts, item.diff_size = stored_layer_facts(
-                    tx, item, self._layer_name(item)
-                )
+                item.whiteouts, item.diff_size = stored_layer_facts(tx, item, self.layer_name(item))
                 staged[digest] = item
                 self.reused.append(digest)
             if flat is not None:
                 assert item.layerfs is not None
                 merge_layer(
-                    item.layerfs, flat, whiteouts=item.whiteouts, name=self._layer_name(item)
+                    item.layerfs, flat, whiteouts=item.whiteouts, name=self.layer_name(item)
                 )
 
-    def _unpack_one(self, tx: Transaction, item: LayerWork, blob: Path, flat: Path | None) -> None:
-        digest = item.descriptor.digest
-        layer_root = tx.new_dir(layout.layer_dir(digest))
-        item.layerfs = layer_root / "layerfs"
-        os.mkdir(item.layerfs, 0o755)
+    def _make_layer_dir(self, tx: Transaction, item: LayerWork) -> None:
+        layer_root = tx.new_dir(layout.layer_dir(item.descriptor.digest))
         os.mkdir(layer_root / ".metadata", 0o755)
+        item.layerfs = layer_root / "layerfs"
+        self._make_layerfs(item.layerfs)
+
+    @staticmethod
+    def _make_layerfs(layerfs: Path) -> None:
+        os.mkdir(layerfs, 0o755)
         # Before unpacking, so that the layer's own time for its root directory stays.
-        touch_marker(item.layerfs)
-        self._report(digest, "unpack", 0, item.descriptor.size)
+        touch_marker(layerfs)
+
+    def _unpack_one(
+        self,
+        tx: Transaction,
+        item: LayerWork,
+        blob: Path,
+        ahead: AheadOfOrder | None,
+        flat: Path | None,
+    ) -> None:
+        report = self._unpacked_ahead(tx, item, ahead, flat) if ahead is not None else None
+        if report is None:
+            report = self._unpack_here(item, blob, flat)
+        blob.unlink()  # not needed any more; keep it out of the commit's flush
+        item.whiteouts = report.whiteouts
+        item.diff_size = report.diff_size
+        self.warnings.extend(f"{self.layer_name(item)}: {w}" for w in report.warnings)
+        self.unpacked.append(item.descriptor.digest)
+        self.report(item.descriptor.digest, "done", item.descriptor.size, item.descriptor.size)
+
+    def _unpacked_ahead(
+        self, tx: Transaction, item: LayerWork, ahead: AheadOfOrder, flat: Path | None
+    ) -> ApplyReport | None:
+        """The worker's layer, completed against ``flat``; None if it must be unpacked again."""
+        assert item.layerfs is not None
+        try:
+            report = ahead.report(item)
+        except LowerLayersNeeded as exc:
+            logger.info("%s: unpacking the layer again, after the layers below it", exc)
+            os.rename(item.layerfs, tx.scratch_dir() / f"partial-{item.descriptor.digest.hex}")
+            self._make_layerfs(item.layerfs)
+            return None
+        name = self.layer_name(item)
+        warnings = complete_layer(item.layerfs, flat, report.pending, name=name)
+        self.warnings.extend(f"{name}: {warning}" for warning in warnings)
+        return report
+
+    def _unpack_here(self, item: LayerWork, blob: Path, flat: Path | None) -> ApplyReport:
+        assert item.layerfs is not None
+        self.report(item.descriptor.digest, "unpack", 0, item.descriptor.size)
         with open(blob, "rb") as stream:
-            report = unpack_layer(
+            return unpack_layer(
                 stream,
                 item.descriptor.media_type,
                 item.diff_id,
                 item.layerfs,
                 target=Target.LAYERFS,
                 lower=flat,
-                name=self._layer_name(item),
+                name=self.layer_name(item),
             )
-        blob.unlink()  # not needed any more; keep it out of the commit's flush
-        item.whiteouts = report.whiteouts
-        item.diff_size = report.diff_size
-        self.warnings.extend(f"{self._layer_name(item)}: {w}" for w in report.warnings)
-        self.unpacked.append(digest)
-        self._report(digest, "done", item.descriptor.size, item.descriptor.size)
 
     def _unpack_flat_only(self, tx: Transaction, work: list[LayerWork], flat: Path) -> None:
         # The same blob may appear twice in one image: delete it after its last use only.
         last_use = {item.descriptor.digest: item.index for item in work}
-        with self._downloads(tx, work) as blobs:
+        first: dict[Digest, LayerWork] = {}
+        for item in work:
+            first.setdefault(item.descriptor.digest, item)
+        with self._downloads(tx, list(first.values()), None) as blobs:
             for item in work:
                 blob = blobs.wait(item.descriptor.digest)
                 self._apply_flat(item, blob, flat)
@@ -178,9 +259,9 @@ class Job:
                 item.diff_id,
                 flat,
                 target=Target.FLAT,
-                name=self._layer_name(item),
+                name=self.layer_name(item),
             )
-        self.warnings.extend(f"{self._layer_name(item)}: {w}" for w in report.warnings)
+        self.warnings.extend(f"{self.layer_name(item)}: {w}" for w in report.warnings)
 
     def _finish_flat(self, flat: Path) -> None:
         report = prepare_sandbox(flat, self.image.config)
@@ -225,52 +306,10 @@ class Job:
             if not tx.exists(alias):
                 tx.set_symlink(alias, name)
 
-    def _layer_name(self, item: LayerWork) -> str:
+    def layer_name(self, item: LayerWork) -> str:
         count = len(self.image.layers)
         return f"{item.descriptor.digest} ({item.index + 1}/{count} of {self.reference})"
 
-    def _report(self, digest: Digest, phase: str, done: int, total: int) -> None:
+    def report(self, digest: Digest, phase: str, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(LayerProgress(self.reference, digest, phase, done, total))
-
-
-class Downloads:
-    """Blobs downloaded in parallel (a bounded pool) to scratch files, verified."""
-
-    def __init__(self, job: Job, tx: Transaction, items: list[LayerWork]) -> None:
-        self._job = job
-        self._scratch = tx.scratch_dir()
-        self._pool = ThreadPoolExecutor(
-            max_workers=job.options.download_workers, thread_name_prefix="download"
-        )
-        self._futures: dict[Digest, Future[Path]] = {}
-        for item in items:
-            digest = item.descriptor.digest
-            if digest not in self._futures:
-                self._futures[digest] = self._pool.submit(self._fetch, item.descriptor)
-
-    def __enter__(self) -> Downloads:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        # On failure, queued downloads are cancelled; running ones end with their stream.
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def wait(self, digest: Digest) -> Path:
-        return self._futures[digest].result()
-
-    def _fetch(self, descriptor: Descriptor) -> Path:
-        path = self._scratch / f"blob-{descriptor.digest.hex}"
-        job = self._job
-
-        def consume(stream: BlobStream) -> Path:
-            # Restartable: a retried fetch truncates and writes from the first byte.
-            with open(path, "wb") as out:
-                done = 0
-                while chunk := stream.read(_CHUNK):
-                    out.write(chunk)
-                    done += len(chunk)
-                    job._report(descriptor.digest, "download", done, descriptor.size)
-            return path
-
-        return job.client.fetch_blob(job.reference, descriptor, consume)

@@ -20,6 +20,10 @@ class Outcome(enum.Enum):
     UNCHANGED = "unchanged"
 
 
+MAX_AUTO_UNPACK_WORKERS = 4
+"""Beyond a few workers the disk, not the CPU, limits unpacking."""
+
+
 @dataclass(frozen=True)
 class ConvertOptions:
     """How to publish an image.
@@ -39,6 +43,10 @@ class ConvertOptions:
     """Update an unchanged image's lastCheck at once. A batch passes False and records the
     checks of all its unchanged images in one transaction (``record_checks``)."""
     download_workers: int = 3
+    unpack_workers: int | None = None
+    """New layers of one image unpacked at once, each in a worker process; 1: one after the
+    other, in this process; None: one per CPU, at most ``MAX_AUTO_UNPACK_WORKERS``, for
+    images with enough new content to pay for starting them."""
     lock_timeout: float = 600.0
 
 

@@ -31,7 +31,9 @@ Decisions that differ between tools, made here:
 - LAYERFS: an opaque marker in the layer root is spelled out (whiteouts for
   the lower root's entries, opaque xattrs on merging directories), because
   overlayfs ignores the opaque xattr of a layer's root; directories the layer
-  creates only implicitly take the lower tree's metadata.
+  creates only implicitly take the lower tree's metadata. Both are done when
+  the layer's tar is complete, so a layer can be unpacked ahead of its lower
+  layers (``defer_lower``) and completed later (``complete_layer``).
 - A truncated tar without end-of-archive blocks and data after the end of the
   archive are accepted with a warning (GNU tar and Go's archive/tar accept
   them); the diff_id check of ``unpack_layer`` still catches a truncation.
@@ -39,14 +41,20 @@ Decisions that differ between tools, made here:
 
 from unpacked.layers._apply import apply_layer, unpack_flat, unpack_layer
 from unpacked.layers._compression import open_layer
+from unpacked.layers._lower import complete_layer
 from unpacked.layers._merge import MergeStats, merge_layer
-from unpacked.layers._report import ApplyReport, Target
+from unpacked.layers._pool import UnpackPool, available_cpus
+from unpacked.layers._report import ApplyReport, PendingLower, Target
 
 __all__ = [
     "ApplyReport",
     "MergeStats",
+    "PendingLower",
     "Target",
+    "UnpackPool",
     "apply_layer",
+    "available_cpus",
+    "complete_layer",
     "merge_layer",
     "open_layer",
     "unpack_flat",

@@ -1,0 +1,81 @@
+"""The worker process of ``UnpackPool``: ``python -m unpacked.layers._worker``.
+
+Reads pickled calls ``(blob, media type, diff_id, layer directory, name)`` from
+stdin and answers each with a pickled ``(True, ApplyReport)`` or ``(False,
+exception)`` on stdout, until stdin closes. Its parent is the unpacked process,
+which it does not outlive.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import pickle
+import signal
+import sys
+from pathlib import Path
+from typing import IO
+
+from unpacked.digest import Digest
+from unpacked.errors import LayerError
+from unpacked.layers._apply import unpack_layer
+from unpacked.layers._report import ApplyReport, Target
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    # A worker that outlived a killed conversion would go on writing into a
+    # staging area that the next run's recovery deletes.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before prctl
+        sys.exit(1)
+
+
+def unpack(blob: str, media_type: str, diff_id: str, root: str, name: str) -> ApplyReport:
+    with open(blob, "rb") as stream:
+        return unpack_layer(
+            stream,
+            media_type,
+            Digest.parse(diff_id),
+            Path(root),
+            target=Target.LAYERFS,
+            defer_lower=True,
+            name=name,
+        )
+
+
+def _answer(replies: IO[bytes], ok: bool, value: object) -> None:
+    try:
+        data = pickle.dumps((ok, value), protocol=pickle.HIGHEST_PROTOCOL)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        data = pickle.dumps((False, LayerError(str(value))), protocol=pickle.HIGHEST_PROTOCOL)
+    replies.write(data)
+    replies.flush()
+
+
+def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
+    while True:
+        try:
+            arguments = pickle.load(requests)  # noqa: S301 - from our parent
+        except EOFError:
+            return
+        try:
+            report = unpack(*arguments)
+        except Exception as exc:  # every error goes back to the parent
+            _answer(replies, False, exc)
+        else:
+            _answer(replies, True, report)
+
+
+def main() -> None:
+    _die_with_parent()
+    # The pipe to the parent is ours alone: anything printed goes to stderr.
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    serve(sys.stdin.buffer, replies)
+
+
+if __name__ == "__main__":
+    main()
