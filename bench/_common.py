@@ -14,6 +14,7 @@ numbers are flagged as upper bounds.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import itertools
 import json
@@ -210,6 +211,16 @@ def quiet() -> None:
     os.sync()
     print(f"waiting {QUIET_SECONDS:.0f} s after the set-up's deletions", flush=True)
     time.sleep(QUIET_SECONDS)
+
+
+def compile_bytecode() -> None:
+    """Compile ``src/`` to ``__pycache__``, as installing a package does.
+
+    An editable install run with ``PYTHONDONTWRITEBYTECODE`` (set on this VM) compiles
+    every module of the tool from source at each start: 0.1-0.2 s that no installed
+    ``unpacked`` pays. Existing bytecode is still read under that variable.
+    """
+    compileall.compile_dir(REPO / "src", quiet=1)
 
 
 def run_dir(workdir: Path, name: str) -> Path:

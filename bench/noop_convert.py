@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from _common import REPO, BenchError, table, write_results
+from _common import REPO, BenchError, compile_bytecode, table, write_results
 
 from support.oci import TarEntry, build_image, tar_bytes
 from support.registry import RegistryServer, skopeo_copy, start_registry
@@ -212,6 +212,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    compile_bytecode()
     workdir = Path(tempfile.mkdtemp(prefix="unpacked-bench-noop-", dir=args.workdir))
     try:
         summary = measure(args, workdir)

@@ -39,6 +39,7 @@ from _common import (
     Result,
     Sample,
     add_image_arguments,
+    compile_bytecode,
     mib,
     quiet,
     round_robin,
@@ -349,6 +350,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    compile_bytecode()
     try:
         return run(args)
     except BenchError as error:

@@ -34,7 +34,7 @@ from support.registry import RegistryServer, start_registry
 from support.samples import SampleImages, push, put_manifest
 from unpacked.batch import BatchOptions, BatchReport, convert_wishlist, plan_jobs
 from unpacked.cli import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, main
-from unpacked.cli import _commands as commands
+from unpacked.cli import _wishlist as commands
 from unpacked.publish import open_publisher
 from unpacked.reference import parse
 from unpacked.registry import RegistryClient, RegistryOptions

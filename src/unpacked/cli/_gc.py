@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from unpacked.cli import EXIT_FAILURE, EXIT_OK
 from unpacked.cli import _render as render
-from unpacked.cli._commands import EXIT_FAILURE, EXIT_OK
 from unpacked.cli._context import publisher_for
 from unpacked.cli._context import registry_options as client_options
 from unpacked.gc import (

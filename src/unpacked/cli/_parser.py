@@ -54,7 +54,7 @@ def _add_image_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     inspect = _command(
         sub,
         "inspect",
-        "_commands:inspect",
+        "_image:inspect",
         "show what a reference resolves to in its registry",
         "Resolve an image reference in its registry and show its digest, platforms, config "
         "and layers (reads manifests and the config, no layers).",
@@ -66,7 +66,7 @@ def _add_image_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     single = _command(
         sub,
         "convert-single-image",
-        "_commands:convert_single_image",
+        "_image:convert_single_image",
         "publish one image into a repository",
         "Publish one image (its layers, its flat tree, metadata and public link) into a "
         "repository in one transaction. An image that did not change costs one manifest "
@@ -81,7 +81,7 @@ def _add_image_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     expand = _command(
         sub,
         "expand-wildcard",
-        "_commands:expand_wildcard",
+        "_wishlist:expand_wildcard",
         "list the images a wildcard reference stands for",
         "List the tags of the repository that match the reference's tag pattern "
         "(* any run of characters, ? one character; the whole tag must match).",
@@ -94,8 +94,8 @@ def _add_image_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 def _add_wishlist_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name, handler, summary in (
-        ("convert", "_commands:convert", "publish every image of a wish list"),
-        ("loop", "_commands:loop", "convert a wish list again and again (a service)"),
+        ("convert", "_wishlist:convert", "publish every image of a wish list"),
+        ("loop", "_wishlist:loop", "convert a wish list again and again (a service)"),
     ):
         parser = _command(
             sub,
@@ -134,7 +134,7 @@ def _add_wishlist_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
     check = _command(
         sub,
         "check-image-syntax",
-        "_commands:check_image_syntax",
+        "_wishlist:check_image_syntax",
         "validate wish lists and references",
         "Check the syntax of wish-list files and image references, without network access "
         "(for merge-request checks; see also 'convert --dry-run').",
@@ -148,7 +148,7 @@ def _add_repository_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
     stats = _command(
         sub,
         "stats",
-        "_commands:stats",
+        "_repository:stats",
         "summarise a repository",
         "Images, layers, bytes (each inode once) and the largest would-be CernVM-FS "
         "catalogs of a repository.",
@@ -159,7 +159,7 @@ def _add_repository_commands(sub: argparse._SubParsersAction[argparse.ArgumentPa
     status = _command(
         sub,
         "status",
-        "_commands:status",
+        "_repository:status",
         "show the status of every image of a repository",
         "Per image: reference, digest, platform, last check, last change and last error, "
         "from the repository's status.json records.",

@@ -7,13 +7,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from unpacked.batch import BatchReport, ImageOutcome
-from unpacked.convert import ConvertResult, LayerProgress
-from unpacked.records import ImageStatus
-from unpacked.stats import RepositoryStats
-from unpacked.summary import ImageSummary
+if TYPE_CHECKING:  # each command imports only the library parts it runs
+    from unpacked.batch import BatchReport, ImageOutcome
+    from unpacked.convert import ConvertResult, LayerProgress
+    from unpacked.records import ImageStatus
+    from unpacked.stats import RepositoryStats
+    from unpacked.summary import ImageSummary
 
 
 def print_json(value: Any) -> None:

@@ -20,8 +20,8 @@ import argparse
 import os
 import shlex
 
+from unpacked.cli import EXIT_FAILURE, EXIT_OK
 from unpacked.cli import _render as render
-from unpacked.cli._commands import EXIT_FAILURE, EXIT_OK
 from unpacked.cli._context import publisher_for
 from unpacked.errors import ConfigError
 from unpacked.verify import (

@@ -1,4 +1,4 @@
-"""One function per command: parse what the library needs from ``args``, call it, render."""
+"""The commands about wish lists: convert, loop, check-image-syntax, expand-wildcard."""
 
 from __future__ import annotations
 
@@ -15,91 +15,16 @@ from types import FrameType
 
 from unpacked import errors
 from unpacked.batch import BatchOptions, BatchReport, convert_wishlist, expand_wish
+from unpacked.cli import EXIT_FAILURE, EXIT_INPUT, EXIT_OK
 from unpacked.cli import _render as render
 from unpacked.cli._context import publisher_for, registry_options
-from unpacked.convert import ConvertOptions, convert_image, record_failure
-from unpacked.platform import Platform
+from unpacked.cli._image import convert_options
 from unpacked.reference import Reference
 from unpacked.reference import parse as parse_reference
 from unpacked.registry import RegistryClient, RegistryOptions, scheme_for
-from unpacked.stats import repository_stats
-from unpacked.status import list_statuses
-from unpacked.summary import summarize
 from unpacked.wishlist import Wish, WishList, load
 
 logger = logging.getLogger("unpacked")
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_INPUT = 3
-
-
-def inspect(args: argparse.Namespace) -> int:
-    reference = parse_reference(args.reference)
-    with RegistryClient(registry_options(args)) as client:
-        resolved = client.resolve_image(reference, Platform.parse(args.platform))
-    summary = summarize(resolved)
-    if args.json:
-        render.print_json(summary.to_json())
-    else:
-        render.print_text(render.summary_text(summary))
-    return EXIT_OK
-
-
-def _convert_options(args: argparse.Namespace) -> ConvertOptions:
-    return ConvertOptions(
-        platform=Platform.parse(args.platform),
-        skip_flat=args.skip_flat,
-        skip_layers=args.skip_layers,
-        unpack_workers=args.unpack_workers,
-    )
-
-
-def convert_single_image(args: argparse.Namespace) -> int:
-    reference = parse_reference(args.reference)
-    publisher = publisher_for(args.repo)
-    options = _convert_options(args)
-    progress = render.Progress() if _interactive(args) else None
-    try:
-        with RegistryClient(registry_options(args)) as client:
-            result = convert_image(
-                reference, client=client, publisher=publisher, options=options, progress=progress
-            )
-    except errors.UnpackedError as exc:
-        record_failure(publisher, reference, exc)
-        if args.json:
-            render.print_json({"reference": str(reference), "outcome": "failed", "error": str(exc)})
-        raise
-    finally:
-        if progress is not None:
-            progress.close()
-    if args.json:
-        render.print_json(render.result_json(result))
-    else:
-        render.print_text(render.result_text(result, publisher.root))
-    return EXIT_OK
-
-
-def _interactive(args: argparse.Namespace) -> bool:
-    return sys.stderr.isatty() and not args.json and not args.quiet
-
-
-def stats(args: argparse.Namespace) -> int:
-    result = repository_stats(publisher_for(args.repo, create=False).root)
-    if args.json:
-        render.print_json(result.to_json())
-    else:
-        render.print_text(render.stats_text(result))
-    return EXIT_OK
-
-
-def status(args: argparse.Namespace) -> int:
-    statuses = list_statuses(publisher_for(args.repo, create=False).root)
-    if args.json:
-        render.print_json([render.status_json(s) for s in statuses])
-    else:
-        render.print_text(render.statuses_text(statuses))
-    return EXIT_OK
 
 
 def _load_wishlist(args: argparse.Namespace) -> WishList:
@@ -110,7 +35,7 @@ def _load_wishlist(args: argparse.Namespace) -> WishList:
 
 
 def _batch_options(args: argparse.Namespace) -> BatchOptions:
-    return BatchOptions(convert=_convert_options(args), attempts=args.attempts)
+    return BatchOptions(convert=convert_options(args), attempts=args.attempts)
 
 
 def convert(args: argparse.Namespace) -> int:
