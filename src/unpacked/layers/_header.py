@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 BLOCK = 512
 _LAYOUT = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s12x")
-_BASE256 = (0o200, 0o377)
 _CHECKSUM_SPACES = 8 * ord(" ")
 _EMPTY_BLOCK = bytes(BLOCK)
 
@@ -33,21 +32,9 @@ class Fields:
     type: bytes
 
 
-def _octal(field: bytes) -> int:
-    # The same digits tarfile.nti accepts (it strips, then int(..., 8)); anything
-    # else raises ValueError and the block goes to tarfile.
-    if field[0] in _BASE256:
-        raise ValueError("base-256 number")
-    return int(field.partition(b"\0")[0].strip() or b"0", 8)
-
-
 def _checksum_ok(buf: bytes | bytearray, recorded: int) -> bool:
     # tarfile also accepts the signed-char sum of some old tars: left to tarfile.
     return recorded == sum(buf) - sum(buf[148:156]) + _CHECKSUM_SPACES
-
-
-def _string(field: bytes) -> bytes:
-    return field.partition(b"\0")[0]
 
 
 def fields(buf: bytes | bytearray) -> Fields | None:
@@ -59,25 +46,25 @@ def fields(buf: bytes | bytearray) -> Fields | None:
     if kind == tarfile.GNUTYPE_SPARSE:
         return None
     try:
-        numbers = (
-            _octal(mode),
-            _octal(uid),
-            _octal(gid),
-            _octal(size),
-            _octal(mtime),
-            _octal(chksum),
-            _octal(devmajor),
-            _octal(devminor),
-        )
+        # tarfile.nti cuts at the NUL, strips and reads octal; int() strips ASCII
+        # whitespace itself, and raises on anything else (base-256 numbers, other
+        # bytes, a field of blanks), which then goes to tarfile.
+        mode_, uid_, gid_, size_, mtime_, chksum_, major, minor = [
+            int(field.partition(b"\0")[0] or b"0", 8)
+            for field in (mode, uid, gid, size, mtime, chksum, devmajor, devminor)
+        ]
     except ValueError:
         return None
-    if not _checksum_ok(buf, numbers[5]):
+    if not _checksum_ok(buf, chksum_):
         return None
-    strings = (
-        _string(name),
-        _string(linkname),
-        _string(uname),
-        _string(gname),
-        _string(prefix),
+    return Fields(
+        (
+            name.partition(b"\0")[0],
+            linkname.partition(b"\0")[0],
+            uname.partition(b"\0")[0],
+            gname.partition(b"\0")[0],
+            prefix.partition(b"\0")[0],
+        ),
+        (mode_, uid_, gid_, size_, mtime_, chksum_, major, minor),
+        kind,
     )
-    return Fields(strings, numbers, kind)
