@@ -188,7 +188,9 @@ def table(rows: Sequence[Sequence[str]]) -> str:
 
 SETTLE_SECONDS = 2.0
 QUIET_SECONDS = 65.0
-"""How long nothing may have been deleted before the first measured run (see ``quiet``)."""
+QUIET_MAX_SECONDS = 420.0
+PROBE_INTERVAL = 15.0
+PROBE_FILES = 3000
 _RUN_NUMBERS = itertools.count(1)
 
 
@@ -198,19 +200,41 @@ def settle() -> None:
     time.sleep(SETTLE_SECONDS)
 
 
-def quiet() -> None:
-    """Wait until inodes deleted by the set-up no longer slow down creating new ones.
+def quiet(workdir: Path, minimum: float = QUIET_SECONDS) -> None:
+    """Wait until inodes deleted before the benchmark no longer slow down creating new ones.
 
     On ext4 without a journal (this VM's root), the inode allocator skips every inode
     deleted in the last 60 s (5 min while its inode table block is dirty), and pays a
     buffer lookup for each one it skips: after removing a tree of 30,000 files, creating
-    files is ten times slower for a minute (measured: 30,000 files in 5.2 s, then 0.5 s
-    once the minute had passed). That is why runs never delete anything either
-    (``run_dir``); everything goes when the benchmark ends.
+    files is ten times slower for a minute or more (measured: 30,000 files in 5.2 s, then
+    0.5 s once the minute had passed). So runs never delete anything (``run_dir``), and
+    the first run waits until creating files stops getting faster: at least
+    ``minimum`` s, probing every ``PROBE_INTERVAL`` s, at most ``QUIET_MAX_SECONDS``
+    (``minimum`` 0: no wait, for smoke tests).
     """
     os.sync()
-    print(f"waiting {QUIET_SECONDS:.0f} s after the set-up's deletions", flush=True)
-    time.sleep(QUIET_SECONDS)
+    if minimum <= 0:
+        return
+    print(f"waiting for file creation to settle (at least {minimum:.0f} s)", flush=True)
+    time.sleep(minimum)
+    deadline = time.monotonic() + QUIET_MAX_SECONDS - minimum
+    probes = [_creation_probe(workdir)]
+    while time.monotonic() < deadline:
+        time.sleep(PROBE_INTERVAL)
+        probes.append(_creation_probe(workdir))
+        if probes[-1] > 0.85 * probes[-2]:  # no longer getting faster
+            break
+    print("file creation probes: " + ", ".join(f"{p * 1000:.0f} ms" for p in probes), flush=True)
+
+
+def _creation_probe(workdir: Path) -> float:
+    """Seconds to create ``PROBE_FILES`` empty files in a new directory (kept)."""
+    directory = run_dir(workdir, "probe")
+    directory.mkdir()
+    started = time.perf_counter()
+    for index in range(PROBE_FILES):
+        os.close(os.open(directory / str(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    return time.perf_counter() - started
 
 
 def compile_bytecode() -> None:
@@ -255,6 +279,13 @@ def add_image_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each measurement (median)")
     parser.add_argument("--seed", type=int, default=20240101)
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument(
+        "--quiet-seconds",
+        type=float,
+        default=QUIET_SECONDS,
+        help="least wait before the first run, for earlier deletions to stop slowing file "
+        "creation (0: none; see bench/README.md)",
+    )
     parser.add_argument("--workdir", default=None, help="where to create the working directory")
     parser.add_argument("--out", default=str(REPO / "bench" / "out"), help="JSON results directory")
 

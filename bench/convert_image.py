@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 workdir, Setup(workdir, registry, image_a), f"{registry.host}/{REPOSITORY}:b"
             )
             bench.convert_a_for_noop()
-            quiet()
+            quiet(workdir, args.quiet_seconds)
             measured = round_robin(
                 [
                     ("convert A (cold)", bench.cold_a),

@@ -327,7 +327,7 @@ def _run_in(workdir: Path, args: argparse.Namespace) -> int:
             once("c: gzip -dc | tar -x (floor)", measure_tar_floor, setup),
             once("a at a quarter of the size", measure_unpacked, small_setup),
         ]
-        quiet()
+        quiet(workdir, args.quiet_seconds)
         measured = list(round_robin(contenders, args.repeat).values())
         results, small_result = measured[:3], measured[3]
     summary = report(results, small_result, [big_stats, small_stats])
