@@ -100,6 +100,20 @@ def test_a_worker_that_dies_is_a_layer_error(tmp_path: Path) -> None:
             future.result(STOP_TIMEOUT)
 
 
+def test_workers_leave_sigterm_and_sigint_to_their_parent(tmp_path: Path) -> None:
+    """systemd sends SIGTERM to the whole service; ``loop`` finishes its image first."""
+    blob, diff_id = _blob(tmp_path, "layer", [T.file("a", b"a")])
+    with UnpackPool(1) as pool:
+        # One layer first: after it, the worker is surely past its start-up.
+        pool.submit(blob, GZIP, diff_id, _empty(tmp_path / "first"), name="L0").result(60)
+        worker = _wait_for_worker(os.getpid())
+        os.kill(worker, signal.SIGTERM)
+        os.kill(worker, signal.SIGINT)
+        report = pool.submit(blob, GZIP, diff_id, _empty(tmp_path / "out"), name="L1").result(60)
+    assert report.entries == 1
+    assert (tmp_path / "out" / "a").read_bytes() == b"a"
+
+
 PARENT = textwrap.dedent(
     """
     import sys

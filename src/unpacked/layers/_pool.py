@@ -51,7 +51,7 @@ class _Worker:
         env["PYTHONPATH"] = os.pathsep.join(path for path in sys.path if path)
         self.process = subprocess.Popen(
             # -P: not the current directory first on sys.path.
-            [sys.executable, "-P", "-m", "unpacked.layers._worker"],
+            [sys.executable, "-P", "-m", "unpacked.layers._worker", str(os.getpid())],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,

@@ -1,9 +1,10 @@
-"""The worker process of ``UnpackPool``: ``python -m unpacked.layers._worker``.
+"""The worker process of ``UnpackPool``: ``python -m unpacked.layers._worker PARENT_PID``.
 
 Reads pickled calls ``(blob, media type, diff_id, layer directory, name)`` from
 stdin and answers each with a pickled ``(True, ApplyReport)`` or ``(False,
 exception)`` on stdout, until stdin closes. Its parent is the unpacked process,
-which it does not outlive.
+which it does not outlive, and which alone decides when it stops (SIGINT and SIGTERM
+are ignored).
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from unpacked.layers._report import ApplyReport, Target
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     # A worker that outlived a killed conversion would go on writing into a
     # staging area that the next run's recovery deletes.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before prctl
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)  # Linux only
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl (we were reparented)
         sys.exit(1)
 
 
@@ -70,7 +72,12 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
 
 
 def main() -> None:
-    _die_with_parent()
+    _die_with_parent(int(sys.argv[1]))
+    # The parent decides when a layer is abandoned: SIGINT from a terminal, or the
+    # SIGTERM systemd sends the whole service, must not cut the layer the parent is
+    # finishing before it stops (``loop`` stops between images).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     # The pipe to the parent is ours alone: anything printed goes to stderr.
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
