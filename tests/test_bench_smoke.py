@@ -12,19 +12,23 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "unpack_layers.py"
+CONVERT_BENCH = BENCH.with_name("convert_image.py")
+# A tiny image, one run of each contender, no waiting for the file system to settle.
+TINY = ["--size-mb", "0.3", "--files", "60", "--layers", "3", "--repeat", "1"]
+TINY += ["--quiet-seconds", "0"]
 
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="the benchmark unpacks owners and devices: root")
-@pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("skopeo", "umoci", "docker-registry")),
-    reason="skopeo, umoci and docker-registry are needed",
+needs_bench_tools = pytest.mark.skipif(
+    os.geteuid() != 0
+    or any(shutil.which(tool) is None for tool in ("skopeo", "umoci", "docker-registry")),
+    reason="the benchmarks run as root (owners, devices), with skopeo, umoci, docker-registry",
 )
+
+
+@needs_bench_tools
 def test_benchmark_runs_on_a_tiny_image(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    options = ["--size-mb", "0.3", "--files", "60", "--layers", "3", "--repeat", "1"]
-    options += ["--quiet-seconds", "0"]
     result = subprocess.run(
-        [sys.executable, str(BENCH), *options, "--out", str(out), "--workdir", str(tmp_path)],
+        [sys.executable, str(BENCH), *TINY, "--out", str(out), "--workdir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -43,23 +47,14 @@ def test_benchmark_runs_on_a_tiny_image(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
-CONVERT_BENCH = BENCH.with_name("convert_image.py")
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="the benchmark unpacks owners and devices: root")
-@pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("skopeo", "umoci", "docker-registry")),
-    reason="skopeo, umoci and docker-registry are needed",
-)
+@needs_bench_tools
 def test_convert_benchmark_runs_on_a_tiny_image(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    options = ["--size-mb", "0.3", "--files", "60", "--layers", "3", "--repeat", "1"]
-    options += ["--quiet-seconds", "0"]
     result = subprocess.run(
         [
             sys.executable,
             str(CONVERT_BENCH),
-            *options,
+            *TINY,
             "--out",
             str(out),
             "--workdir",

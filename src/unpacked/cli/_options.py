@@ -67,7 +67,7 @@ def add_convert_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--unpack-workers",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         metavar="N",
         help="layers of one image unpacked at once, each in its own process "
@@ -76,13 +76,14 @@ def add_convert_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """A whole number of at least 1 (argparse type)."""
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid count {text!r}: expected an integer >= 1")
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, not {text!r}")
     return value
 
 

@@ -15,6 +15,7 @@ from unpacked.cli._options import (
     add_registry_options,
     add_repo_option,
     duration,
+    positive_int,
 )
 
 _GRACE_DEFAULT = "7d"
@@ -196,7 +197,7 @@ def _add_gc(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument(
         "--max-removals",
-        type=_positive,
+        type=positive_int,
         metavar="N",
         help="remove at most N images and layers in this cycle (oldest first)",
     )
@@ -247,16 +248,6 @@ def _add_prune(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     add_registry_options(parser, platform=False)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive whole number, not {text!r}")
-    return value
 
 
 _DESCRIPTION = (
