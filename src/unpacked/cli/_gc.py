@@ -166,6 +166,12 @@ def _bookkeeping_text(plan: Plan, *, dry_run: bool) -> list[str]:
         )
     lines += [f"  orphaned flat tree scheduled: {image}" for image in plan.scheduled]
     lines += [f"  linked again, unscheduled: {e.image_id}" for e in plan.unscheduled]
+    return lines + _later_text(plan)
+
+
+def _later_text(plan: Plan) -> list[str]:
+    """What the plan leaves for later cycles, and what it cannot do."""
+    lines = []
     if plan.waiting:
         first = min(parse_time(e.unlinked) for e in plan.waiting) + plan.grace
         lines.append(

@@ -153,21 +153,28 @@ def plan_collection(
     cut = len(units) if max_removals is None else min(max_removals, len(units))
     first, schedule = _bookkeeping(state, live, now)
     writer = _BatchWriter(state, origins, users, schedule)
-    chunks = [units[i : min(i + batch_size, cut)] for i in range(0, cut, batch_size)] or [[]]
-    batches = [writer.batch(chunk, first if i == 0 else Batch()) for i, chunk in enumerate(chunks)]
     deferred = {u.image_id for u in units[cut:] if isinstance(u, ImageRemoval)}
     gone = {e.image_id for e in (*expired, *kept)}
     return Plan(
         now=now,
         grace=grace,
         max_removals=max_removals,
-        batches=tuple(b for b in batches if not b.empty),
+        batches=_batches(writer, first, units[:cut], batch_size),
         waiting=tuple(e for e in pending if e.image_id not in gone),
         deferred=tuple(e for e in expired if e.image_id in deferred),
         deferred_layers=_spilled(units[cut:]),
         kept=tuple(kept),
         problems=_problems(state),
     )
+
+
+def _batches(
+    writer: _BatchWriter, first: Batch, units: Sequence[_Unit], batch_size: int
+) -> tuple[Batch, ...]:
+    """``units`` in batches of ``batch_size``; the first also carries the bookkeeping."""
+    chunks = [units[i : i + batch_size] for i in range(0, len(units), batch_size)] or [[]]
+    batches = [writer.batch(chunk, first if i == 0 else Batch()) for i, chunk in enumerate(chunks)]
+    return tuple(b for b in batches if not b.empty)
 
 
 def _due(

@@ -60,14 +60,22 @@ def plan_unlink(refs: References, targets: Sequence[Reference], *, now: datetime
     schedule = refs.schedule
     unlinked = []
     for target, paths in found:
-        images = sorted({index.images[path] for path in paths})
-        orphaned = tuple(i for i in images if i not in users)
-        for image_id in orphaned:
+        entry = _unlinked(target, paths, index, users)
+        for image_id in entry.scheduled:
             schedule = schedule.add(image_id, str(target), format_time(now))
-        still_used = tuple(i for i in images if i in users)
-        unlinked.append(Unlinked(target.public_name, paths, orphaned, still_used))
+        unlinked.append(entry)
     changed = schedule if schedule != refs.schedule else None
     return UnlinkPlan(tuple(unlinked), changed)
+
+
+def _unlinked(
+    target: Reference, paths: tuple[PurePosixPath, ...], index: _Index, users: set[str]
+) -> Unlinked:
+    """What unlinking ``paths`` does to the images they link: orphaned or still used."""
+    images = sorted({index.images[path] for path in paths})
+    orphaned = tuple(i for i in images if i not in users)
+    still_used = tuple(i for i in images if i in users)
+    return Unlinked(target.public_name, paths, orphaned, still_used)
 
 
 class _Index:
