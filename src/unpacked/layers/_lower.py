@@ -41,6 +41,8 @@ def complete_layer(
     """Finish a layer unpacked with ``defer_lower``, now that ``lower`` (the flat tree of
     the layers below; None if there is none) is ready. Returns warnings to report."""
     report = ReportBuilder(whiteouts="overlay")
+    if not pending:
+        return ()
     if lower is None:
         if pending.root_opaque:
             report.warn(

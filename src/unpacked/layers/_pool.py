@@ -18,7 +18,6 @@ when that thread ends, so that none outlives a killed conversion).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import pickle
 import queue
@@ -31,8 +30,6 @@ from typing import IO
 from unpacked.digest import Digest
 from unpacked.errors import LayerError
 from unpacked.layers._report import ApplyReport
-
-logger = logging.getLogger(__name__)
 
 _STOP_SECONDS = 10.0
 
