@@ -82,8 +82,9 @@ class AheadOfOrder:
     layer order (``report``) and completes each layer against the flat tree below it.
     """
 
-    def __init__(self, job: Job, pool: UnpackPool) -> None:
+    def __init__(self, job: Job, tx: Transaction, pool: UnpackPool) -> None:
         self._job = job
+        self._tx = tx
         self._pool = pool
         self._futures: dict[Digest, Future[ApplyReport]] = {}
 
@@ -92,13 +93,23 @@ class AheadOfOrder:
         assert item.layerfs is not None
         digest = item.descriptor.digest
         self._job.report(digest, "unpack", 0, item.descriptor.size)
-        self._futures[digest] = self._pool.submit(
+        future = self._pool.submit(
             blob,
             item.descriptor.media_type,
             item.diff_id,
             item.layerfs,
             name=self._job.layer_name(item),
         )
+        future.add_done_callback(lambda done: self._unpacked(done, blob))
+        self._futures[digest] = future
+
+    def _unpacked(self, future: Future[ApplyReport], blob: Path) -> None:
+        """Runs when a worker is done with a layer (in the pool's thread)."""
+        if not future.cancelled() and future.exception() is None:
+            # Kept for an unpacking in order otherwise; gone before it is flushed.
+            blob.unlink(missing_ok=True)
+        # The layer's files may go to disk while the CPU works on the others.
+        self._tx.write_ahead()
 
     def report(self, item: LayerWork) -> ApplyReport:
         """The worker's report (raises what the worker raised, e.g. ``LowerLayersNeeded``).

@@ -123,7 +123,7 @@ class Job:
         with contextlib.ExitStack() as stack:
             ahead = None
             if workers:
-                ahead = AheadOfOrder(self, stack.enter_context(UnpackPool(workers)))
+                ahead = AheadOfOrder(self, tx, stack.enter_context(UnpackPool(workers)))
             blobs = stack.enter_context(self._downloads(tx, new, ahead))
             self._stack_layers(tx, work, blobs, ahead, flat)
 
@@ -200,7 +200,8 @@ class Job:
         report = self._unpacked_ahead(tx, item, ahead, flat) if ahead is not None else None
         if report is None:
             report = self._unpack_here(item, blob, flat)
-        blob.unlink()  # not needed any more; keep it out of the commit's flush
+        blob.unlink(missing_ok=True)  # not needed any more; keep it out of any flush
+        tx.write_ahead()
         item.whiteouts = report.whiteouts
         item.diff_size = report.diff_size
         self.warnings.extend(f"{self.layer_name(item)}: {w}" for w in report.warnings)

@@ -126,6 +126,13 @@ class Transaction(abc.ABC):
     def read_path(self, path: PurePosixPath) -> Path:
         """Where the published content of ``path`` can be read (see N2). Do not write there."""
 
+    def write_ahead(self) -> None:  # noqa: B027 - optional: most backends need nothing
+        """A hint: what is staged so far may start going to disk now, in the background.
+
+        Thread-safe and cheap. The commit's durability never depends on it; a backend
+        whose commit does not wait for writeback ignores it.
+        """
+
     @abc.abstractmethod
     def scratch_dir(self) -> Path:
         """A private directory for temporary files (downloaded blobs, ...).

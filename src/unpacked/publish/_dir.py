@@ -25,6 +25,7 @@ from unpacked.errors import ConfigError, PublishError
 from unpacked.publish import _commit
 from unpacked.publish._base import Publisher, Transaction
 from unpacked.publish._changes import Change, Changes, NewDir, NewFile, NewLink, Removal, plan
+from unpacked.publish._flusher import Flusher
 from unpacked.publish._fs import DIR_MODE, is_real_dir, lexists
 from unpacked.publish._journal import Area
 from unpacked.publish._lock import repository_lock
@@ -75,6 +76,7 @@ class DirTransaction(Transaction):
         self._changes = Changes()
         self._names = itertools.count()
         self._open = True
+        self._flusher = Flusher(area.directory)
 
     # --- the Transaction interface ---
     # Each method translates OSError (from the checks' lstat as much as from staging).
@@ -139,9 +141,13 @@ class DirTransaction(Transaction):
             os.mkdir(scratch, 0o700)
         return scratch
 
+    def write_ahead(self) -> None:
+        self._flusher.request()
+
     def close(self) -> None:
         """Refuse every further call: the scope of the transaction has ended."""
         self._open = False
+        self._flusher.close()
 
     def commit(self) -> None:
         """Publish the recorded changes (see ``_commit.commit`` for failures)."""
