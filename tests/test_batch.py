@@ -15,8 +15,6 @@ import logging
 import os
 import shutil
 import stat
-import subprocess
-import sys
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -707,33 +705,3 @@ def test_ignore_errors_reports_but_does_not_fail(
     code, report = cli_json(capsys, "convert", str(wishlist), "--repo", f"dir:{repo}")
     assert code == EXIT_FAILURE
     assert report["failed"] is True
-
-
-# --- the no-op benchmark runs -------------------------------------------------------------
-
-
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "noop_convert.py"
-
-
-@pytest.mark.skipif(
-    any(shutil.which(tool) is None for tool in ("skopeo", "docker-registry")),
-    reason="skopeo and docker-registry are needed",
-)
-def test_noop_benchmark_runs(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    result = subprocess.run(
-        [sys.executable, str(BENCH), "--count", "3", "--out", str(out), "--workdir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    (written,) = out.glob("noop_convert-*.json")
-    summary = json.loads(written.read_text())
-    assert summary["count"] == 3
-    assert summary["in_process"]["requests"] == {"HEAD": 3}
-    assert summary["in_process"]["outcomes"] == {"unchanged": 3}
-    assert summary["cli"]["outcomes"] == {"unchanged": 3}
-    assert summary["cli"]["median_seconds"] > 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
