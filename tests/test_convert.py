@@ -58,8 +58,15 @@ from unpacked import cli
 from unpacked.convert import ConvertOptions, ConvertResult, LayerProgress, Outcome, convert_image
 from unpacked.convert import _job as convert_job
 from unpacked.digest import Digest
-from unpacked.errors import ConfigError, NotFoundError, VerificationError
+from unpacked.errors import (
+    ConfigError,
+    LayerError,
+    NotFoundError,
+    UnpackWorkerDied,
+    VerificationError,
+)
 from unpacked.layers import UnpackPool
+from unpacked.layers import _pool as unpack_pool
 from unpacked.platform import Platform
 from unpacked.publish import open_publisher
 from unpacked.reference import Reference
@@ -447,6 +454,56 @@ def test_whiteouts_are_stored_for_overlayfs(corpus: CorpusRepos) -> None:
     flat = snapshot(converted.flat)
     assert not [p for p, n in flat.items() if n.kind is Kind.CHAR and n.rdev == (0, 0)]
     assert b"gone" in flat and flat[b"gone"].kind is Kind.DIR  # recreated by layer 3
+
+
+def _dead_worker(self: Any, arguments: tuple[object, ...], name: str) -> Any:
+    raise UnpackWorkerDied(f"layer {name}: the process unpacking it died (test)")
+
+
+def _no_workers(self: Any, workers: int) -> None:
+    raise LayerError("cannot start a process to unpack layers: (test)")
+
+
+@pytest.mark.parametrize(
+    ("patched", "replacement", "message"),
+    [
+        ("_Worker.call", _dead_worker, "unpacking the layer in this process instead"),
+        ("UnpackPool.__init__", _no_workers, "unpacking the layers in this process"),
+    ],
+    ids=["worker-died", "workers-cannot-start"],
+)
+def test_layers_are_unpacked_here_when_workers_fail(  # noqa: PLR0917 - fixtures
+    registry: RegistryServer,
+    push_image: PushImage,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    patched: str,
+    replacement: Callable[..., Any],
+    message: str,
+) -> None:
+    """Workers are an optimisation: an image never fails because they did."""
+    layers = [files_layer("base", 5, 2_000, seed=71), files_layer("top", 3, 2_000, seed=72)]
+    build_and_push(push_image, tmp_path / "oci", layers, "convert/fallback:1")
+    reference = ref_of(registry, "convert/fallback:1")
+    expected = tmp_path / "expected"
+    first = convert(reference, expected, unpack_workers=1)
+    layer_trees = [layer_dir(expected, digest) for digest in first.layers_unpacked]
+    owner, attribute = patched.split(".")
+    monkeypatch.setattr(getattr(unpack_pool, owner), attribute, replacement)
+    root = tmp_path / "repo"
+    with caplog.at_level(logging.WARNING, logger=convert_job.__name__):
+        result = convert(reference, root, unpack_workers=2)
+    assert result.outcome is Outcome.ADDED
+    assert message in caplog.text
+    # The same trees as unpacking in this process in the first place (apart from the
+    # times of the directories the conversion itself creates).
+    assert len(layer_trees) == len(layers)
+    for tree in layer_trees:
+        assert_trees_equal(tree / "layerfs", root / tree.relative_to(expected) / "layerfs")
+    flat = flat_dir(expected, first.image_id)
+    assert_trees_equal(flat, root / flat.relative_to(expected))
+    assert_no_staging(root)
 
 
 # --- 3: layout and records ----------------------------------------------------------

@@ -84,6 +84,10 @@ class UnsafeLayerError(LayerError):
     """A layer entry would create, change or follow something outside the target."""
 
 
+class UnpackWorkerDied(LayerError):
+    """The worker process unpacking a layer ended without an answer (killed, crashed)."""
+
+
 class LowerLayersNeeded(LayerError):
     """A layer unpacked before its lower layers were ready needs them in the middle of its tar.
 

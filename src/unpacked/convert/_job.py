@@ -31,7 +31,7 @@ from unpacked.convert._model import (
     placement,
 )
 from unpacked.digest import Digest
-from unpacked.errors import LowerLayersNeeded
+from unpacked.errors import LayerError, LowerLayersNeeded, UnpackWorkerDied
 from unpacked.layers import (
     ApplyReport,
     Target,
@@ -123,7 +123,12 @@ class Job:
         with contextlib.ExitStack() as stack:
             ahead = None
             if workers:
-                ahead = AheadOfOrder(self, tx, stack.enter_context(UnpackPool(workers)))
+                try:
+                    pool = stack.enter_context(UnpackPool(workers))
+                except LayerError as exc:
+                    logger.warning("%s; unpacking the layers in this process", exc)
+                else:
+                    ahead = AheadOfOrder(self, tx, pool)
             blobs = stack.enter_context(self._downloads(tx, new, ahead))
             self._stack_layers(tx, work, blobs, ahead, flat)
 
@@ -217,13 +222,24 @@ class Job:
             report = ahead.report(item)
         except LowerLayersNeeded as exc:
             logger.info("%s: unpacking the layer again, after the layers below it", exc)
-            os.rename(item.layerfs, tx.scratch_dir() / f"partial-{item.descriptor.digest.hex}")
-            self._make_layerfs(item.layerfs)
+            self._restart_layerfs(tx, item)
+            return None
+        except UnpackWorkerDied as exc:
+            # Whatever killed it (the OOM killer, a limit), the layer can still be
+            # unpacked here rather than fail the image.
+            logger.warning("%s; unpacking the layer in this process instead", exc)
+            self._restart_layerfs(tx, item)
             return None
         name = self.layer_name(item)
         warnings = complete_layer(item.layerfs, flat, report.pending, name=name)
         self.warnings.extend(f"{name}: {warning}" for warning in warnings)
         return report
+
+    def _restart_layerfs(self, tx: Transaction, item: LayerWork) -> None:
+        """An empty layer directory in place of a worker's partial one (kept in scratch)."""
+        assert item.layerfs is not None
+        os.rename(item.layerfs, tx.scratch_dir() / f"partial-{item.descriptor.digest.hex}")
+        self._make_layerfs(item.layerfs)
 
     def _unpack_here(self, item: LayerWork, blob: Path, flat: Path | None) -> ApplyReport:
         assert item.layerfs is not None

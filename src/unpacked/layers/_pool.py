@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import IO
 
 from unpacked.digest import Digest
-from unpacked.errors import LayerError
+from unpacked.errors import LayerError, UnpackWorkerDied
 from unpacked.layers._report import ApplyReport
 
 _STOP_SECONDS = 10.0
@@ -65,7 +65,7 @@ class _Worker:
             ok, value = pickle.load(self._replies)  # noqa: S301 - our own child
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
             code = self.process.poll()
-            raise LayerError(
+            raise UnpackWorkerDied(
                 f"layer {name}: the process unpacking it died (exit status {code}): {exc!r}"
             ) from exc
         if not ok:
