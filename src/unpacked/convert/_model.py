@@ -21,7 +21,8 @@ class Outcome(enum.Enum):
 
 
 MAX_AUTO_UNPACK_WORKERS = 4
-"""Beyond a few workers the disk, not the CPU, limits unpacking."""
+"""The automatic choice stays modest: each worker adds its memory (about 45 MiB) and its
+share of the disk traffic; ``unpack_workers`` may ask for more."""
 
 
 @dataclass(frozen=True)
