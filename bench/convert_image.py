@@ -4,7 +4,9 @@ In one run, against a real docker-registry on 127.0.0.1 (images generated like
 ``unpack_layers.py`` does, pushed with skopeo), each ``--repeat`` times (median):
 
 1. cold conversion of image A (layers + flat tree + metadata, one transaction), against
-   ``skopeo copy`` + ``umoci raw unpack`` of A — target ≤ 0.4x;
+   ``skopeo copy`` + ``umoci raw unpack`` of A — target ≤ 0.4x; and the same conversion
+   with ``--unpack-workers 1`` (every layer in the one process), to show what the
+   workers bring;
 2. conversion of image B, which shares all but its top layer with A, into the repository
    that holds A, against unpacking only B's top layer (the work that is really new) —
    target ≤ 1.3x;
@@ -54,9 +56,9 @@ UNPACKED = str(Path(sys.executable).with_name("unpacked"))
 WORKER = str(Path(__file__).resolve().parent / "_unpack_worker.py")
 
 
-def _convert(remote: str, repo: Path) -> Sample:
+def _convert(remote: str, repo: Path, *options: str) -> Sample:
     command = [UNPACKED, "-q", "convert-single-image", remote, "--repo", f"dir:{repo}", "--json"]
-    return run_measured([command])
+    return run_measured([[*command, *options]])
 
 
 def _content_bytes(tars: Sequence[bytes]) -> int:
@@ -90,6 +92,9 @@ class Bench:
 
     def cold_a(self) -> Sample:
         return _convert(self.setup_a.remote, self.fresh("repo-cold"))
+
+    def cold_a_in_process(self) -> Sample:
+        return _convert(self.setup_a.remote, self.fresh("repo-cold-1"), "--unpack-workers", "1")
 
     def skopeo_umoci_a(self) -> Sample:
         return measure_skopeo_umoci(self.setup_a, self.fresh("umoci-root"))
@@ -136,6 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             measured = round_robin(
                 [
                     ("convert A (cold)", bench.cold_a),
+                    ("convert A (cold), --unpack-workers 1", bench.cold_a_in_process),
                     ("skopeo copy + umoci raw unpack A", bench.skopeo_umoci_a),
                     ("convert B after A", bench.b_after_a),
                     ("unpack only B's top layer", bench.top_layer_only),
@@ -144,7 +150,11 @@ def run(args: argparse.Namespace) -> dict[str, object]:
                 args.repeat,
             )
             results = dict(
-                zip(("cold", "umoci", "incremental", "top", "noop"), measured.values(), strict=True)
+                zip(
+                    ("cold", "cold-1", "umoci", "incremental", "top", "noop"),
+                    measured.values(),
+                    strict=True,
+                )
             )
             assert bench.incremental is not None
             repo_bytes = _repo_bytes(bench.incremental)
@@ -171,6 +181,8 @@ def _report(
         "B after A / top layer only  (target <= 1.3)": results["incremental"].seconds
         / results["top"].seconds,
         "repository bytes / unique content  (target <= 1.1)": repo_bytes / unique,
+        "cold with workers / cold in one process": results["cold"].seconds
+        / results["cold-1"].seconds,
     }
     print()
     for name, value in ratios.items():
