@@ -1,9 +1,9 @@
 """The fields of a ustar/GNU header block, decoded the way ``tarfile.TarInfo.frombuf`` does.
 
-``tarfile`` spends most of an unpack's Python time here, decoding one field at a
-time. ``fields`` splits the block with one ``struct`` call and decodes the octal
-numbers with ``int``; it returns None for every block it does not fully
-understand, and the caller then lets ``tarfile`` decide. For every block it does
+Decoding headers one field at a time was the largest share of an unpack's
+Python time in ``tarfile``. ``fields`` splits the block with one ``struct`` call
+and decodes the octal numbers with ``int``; it returns None for every block it
+does not fully understand, and the caller then lets ``tarfile`` decide. For every block it does
 return, the result is the same as ``tarfile``'s (a property test checks this).
 """
 

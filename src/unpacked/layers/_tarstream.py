@@ -5,7 +5,7 @@ formats); this module gives it a forward-only file object with a large buffer
 and no per-read copying of that buffer (``tarfile``'s own stream mode slices
 its whole buffer on every read), turns the cases ``tarfile`` silently treats as
 the end of the archive (a corrupt header after the first member) into errors,
-and decodes the 512-byte header block itself (``_header``), four times faster
+and decodes the 512-byte header block itself (``_header``), 2.6 times faster
 than ``tarfile`` and to the same result.
 """
 
