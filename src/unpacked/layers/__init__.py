@@ -42,12 +42,13 @@ Decisions that differ between tools, made here:
 from unpacked.layers._apply import apply_layer, unpack_flat, unpack_layer
 from unpacked.layers._compression import open_layer
 from unpacked.layers._lower import complete_layer
-from unpacked.layers._merge import MergeStats, merge_layer
+from unpacked.layers._merge import LayerTree, MergeStats, merge_layer, merge_layers
 from unpacked.layers._pool import UnpackPool, available_cpus
 from unpacked.layers._report import ApplyReport, PendingLower, Target
 
 __all__ = [
     "ApplyReport",
+    "LayerTree",
     "MergeStats",
     "PendingLower",
     "Target",
@@ -56,6 +57,7 @@ __all__ = [
     "available_cpus",
     "complete_layer",
     "merge_layer",
+    "merge_layers",
     "open_layer",
     "unpack_flat",
     "unpack_layer",
