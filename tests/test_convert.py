@@ -295,6 +295,9 @@ class CorpusRepos:
     push_image: PushImage
     workdir: Path
     unpack_workers: int
+    layers_first: bool
+    """Store the layers first (``skip_flat``), so that the flat tree is then merged from
+    stored layers, all in one walk."""
     done: dict[str, Converted] = dataclasses.field(default_factory=dict)
     pools: list[int] = dataclasses.field(default_factory=list)
     """Worker counts of the ``UnpackPool``s the conversions started."""
@@ -306,17 +309,20 @@ class CorpusRepos:
             built = self.oracle.built(image)
             self.push_image(built, f"corpus/{image.name}:latest")
             root = self.workdir / image.name
-            result = convert(
-                ref_of(self.registry, f"corpus/{image.name}:latest"),
-                root,
-                unpack_workers=self.unpack_workers,
-            )
-            assert result.outcome is Outcome.ADDED
+            reference = ref_of(self.registry, f"corpus/{image.name}:latest")
+            if self.layers_first:
+                convert(reference, root, skip_flat=True, unpack_workers=self.unpack_workers)
+            result = convert(reference, root, unpack_workers=self.unpack_workers)
+            if self.layers_first:  # the flat tree added to a published image
+                assert (result.outcome, result.layers_unpacked) == (Outcome.UPDATED, ())
+            else:
+                assert result.outcome is Outcome.ADDED
             self.done[image.name] = Converted(image, built, root, result)
         return self.done[image.name]
 
 
-UNPACK_MODES = {"in-process": 1, "workers": 2}
+UNPACK_MODES = {"in-process": (1, False), "workers": (2, False), "stored-layers": (1, True)}
+"""Corpus modes: (workers asked for, layers stored by an earlier conversion)."""
 
 
 @pytest.fixture(scope="module", params=list(UNPACK_MODES))
@@ -327,14 +333,17 @@ def corpus(
     push_image: PushImage,
 ) -> Iterator[CorpusRepos]:
     """Every corpus image converted, with its layers unpacked in order in this process, or
-    by two worker processes ahead of order (asked for: used whatever the size)."""
+    by two worker processes ahead of order (asked for: used whatever the size), or stored
+    by a ``skip_flat`` conversion first, the flat tree then merged from stored layers."""
     oracle = UmociOracle(tmp_path_factory.mktemp("umoci"))
+    workers, layers_first = UNPACK_MODES[request.param]
     repos = CorpusRepos(
         oracle,
         registry,
         push_image,
         tmp_path_factory.mktemp(f"corpus-repos-{request.param}"),
-        UNPACK_MODES[request.param],
+        workers,
+        layers_first,
     )
 
     class CountedPool(UnpackPool):

@@ -34,11 +34,12 @@ from unpacked.digest import Digest
 from unpacked.errors import LayerError, LowerLayersNeeded, UnpackWorkerDied
 from unpacked.layers import (
     ApplyReport,
+    LayerTree,
     Target,
     UnpackPool,
     available_cpus,
     complete_layer,
-    merge_layer,
+    merge_layers,
     unpack_layer,
 )
 from unpacked.publish import Transaction
@@ -119,7 +120,8 @@ class Job:
         new = [item for item in work if item.new]  # only a layer's first use is new
         for item in new:
             self._make_layer_dir(tx, item)
-        workers = self._unpack_workers(new, work, flat)
+        tree = flat if flat is not None else self._scratch_tree(tx, work)
+        workers = self._unpack_workers(new, work, tree)
         with contextlib.ExitStack() as stack:
             ahead = None
             if workers:
@@ -130,10 +132,27 @@ class Job:
                 else:
                     ahead = AheadOfOrder(self, tx, pool)
             blobs = stack.enter_context(self._downloads(tx, new, ahead))
-            self._stack_layers(tx, work, blobs, ahead, flat)
+            above = self._stack_layers(tx, work, blobs, ahead, tree)
+        if flat is not None and above:
+            merge_layers(above, flat)
+
+    @staticmethod
+    def _scratch_tree(tx: Transaction, work: list[LayerWork]) -> Path | None:
+        """A tree of the layers below the new ones, when no flat tree is being built.
+
+        A new layer needs what is below it: the metadata of directories it creates only
+        implicitly, the entries its opaque root hides, the targets of its hard links into
+        lower layers. The stored layers are merged into this scratch tree (hard links,
+        removed with the transaction) as they would be into a flat tree.
+        """
+        if not any(item.new and item.index > 0 for item in work):
+            return None
+        tree = tx.scratch_dir() / "lower-tree"
+        os.mkdir(tree, 0o755)
+        return tree
 
     def _unpack_workers(
-        self, new: list[LayerWork], work: list[LayerWork], flat: Path | None
+        self, new: list[LayerWork], work: list[LayerWork], tree: Path | None
     ) -> int:
         """Worker processes for the new layers; 0: unpack them here, in order."""
         wanted = self.options.unpack_workers
@@ -144,7 +163,7 @@ class Job:
         if wanted < 2:
             return 0
         # One new layer is worth a worker too when stored layers merge meanwhile.
-        stored = flat is not None and len(new) < len(work)
+        stored = tree is not None and len(new) < len(work)
         return min(wanted, len(new)) if len(new) > 1 or stored else 0
 
     def _downloads(
@@ -159,8 +178,14 @@ class Job:
         work: list[LayerWork],
         blobs: Downloads,
         ahead: AheadOfOrder | None,
-        flat: Path | None,
-    ) -> None:
+        tree: Path | None,
+    ) -> list[LayerTree]:
+        """Unpack the new layers in order, each onto ``tree`` holding the layers below it.
+
+        Layers that are ready (stored, or unpacked) wait and are merged in one walk when
+        a new layer needs them below it; those above the last new layer are returned.
+        """
+        ready: list[LayerTree] = []
         staged: dict[Digest, LayerWork] = {}
         for item in work:
             digest = item.descriptor.digest
@@ -169,18 +194,19 @@ class Job:
                 item.layerfs, item.whiteouts = first.layerfs, first.whiteouts
                 item.diff_size = first.diff_size
             elif item.new:
-                self._unpack_one(tx, item, blobs.wait(digest), ahead, flat)
+                if tree is not None and ready:
+                    merge_layers(ready, tree)
+                    ready = []
+                self._unpack_one(tx, item, blobs.wait(digest), ahead, tree)
                 staged[digest] = item
             else:
                 item.layerfs = tx.read_path(layout.layerfs_dir(digest))
                 item.whiteouts, item.diff_size = stored_layer_facts(tx, item, self.layer_name(item))
                 staged[digest] = item
                 self.reused.append(digest)
-            if flat is not None:
-                assert item.layerfs is not None
-                merge_layer(
-                    item.layerfs, flat, whiteouts=item.whiteouts, name=self.layer_name(item)
-                )
+            assert item.layerfs is not None
+            ready.append(LayerTree(item.layerfs, item.whiteouts, self.layer_name(item)))
+        return ready
 
     def _make_layer_dir(self, tx: Transaction, item: LayerWork) -> None:
         layer_root = tx.new_dir(layout.layer_dir(item.descriptor.digest))
@@ -200,11 +226,11 @@ class Job:
         item: LayerWork,
         blob: Path,
         ahead: AheadOfOrder | None,
-        flat: Path | None,
+        tree: Path | None,
     ) -> None:
-        report = self._unpacked_ahead(tx, item, ahead, flat) if ahead is not None else None
+        report = self._unpacked_ahead(tx, item, ahead, tree) if ahead is not None else None
         if report is None:
-            report = self._unpack_here(item, blob, flat)
+            report = self._unpack_here(item, blob, tree)
         blob.unlink(missing_ok=True)  # not needed any more; keep it out of any flush
         tx.write_ahead()
         item.whiteouts = report.whiteouts
@@ -214,9 +240,9 @@ class Job:
         self.report(item.descriptor.digest, "done", item.descriptor.size, item.descriptor.size)
 
     def _unpacked_ahead(
-        self, tx: Transaction, item: LayerWork, ahead: AheadOfOrder, flat: Path | None
+        self, tx: Transaction, item: LayerWork, ahead: AheadOfOrder, tree: Path | None
     ) -> ApplyReport | None:
-        """The worker's layer, completed against ``flat``; None if it must be unpacked again."""
+        """The worker's layer, completed against ``tree``; None if it must be unpacked again."""
         assert item.layerfs is not None
         try:
             report = ahead.report(item)
@@ -231,7 +257,7 @@ class Job:
             self._restart_layerfs(tx, item)
             return None
         name = self.layer_name(item)
-        warnings = complete_layer(item.layerfs, flat, report.pending, name=name)
+        warnings = complete_layer(item.layerfs, tree, report.pending, name=name)
         self.warnings.extend(f"{name}: {warning}" for warning in warnings)
         return report
 
@@ -241,7 +267,7 @@ class Job:
         os.rename(item.layerfs, tx.scratch_dir() / f"partial-{item.descriptor.digest.hex}")
         self._make_layerfs(item.layerfs)
 
-    def _unpack_here(self, item: LayerWork, blob: Path, flat: Path | None) -> ApplyReport:
+    def _unpack_here(self, item: LayerWork, blob: Path, tree: Path | None) -> ApplyReport:
         assert item.layerfs is not None
         self.report(item.descriptor.digest, "unpack", 0, item.descriptor.size)
         with open(blob, "rb") as stream:
@@ -251,7 +277,7 @@ class Job:
                 item.diff_id,
                 item.layerfs,
                 target=Target.LAYERFS,
-                lower=flat,
+                lower=tree,
                 name=self.layer_name(item),
             )
 
