@@ -40,6 +40,7 @@ from _common import (
     Sample,
     add_image_arguments,
     compile_bytecode,
+    dentry_hash_size,
     mib,
     quiet,
     round_robin,
@@ -333,6 +334,7 @@ def _run_in(workdir: Path, args: argparse.Namespace) -> int:
     summary = report(results, small_result, [big_stats, small_stats])
     summary |= {
         "parameters": vars(args),
+        "dentry_hash_entries": dentry_hash_size(),
         "images": [big_stats.as_json(), small_stats.as_json()],
         "trees": verdict,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
