@@ -185,3 +185,17 @@ def test_apply_layer_rejects_lower_and_defer_together(tmp_path: Path) -> None:
             lower=tmp_path,
             defer_lower=True,
         )
+
+
+def test_closed_pool_lets_its_workers_exit_before_the_pool_ends(tmp_path: Path) -> None:
+    blob, diff_id = _blob(tmp_path, "layer", [T.file("a", b"a")])
+    with UnpackPool(2) as pool:
+        pool.submit(blob, GZIP, diff_id, _empty(tmp_path / "x"), name="L1").result(60)
+        processes = [worker.process for worker in pool._workers]
+        pool.close()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [p.poll() for p in processes] == [0, 0], "both exit on their own, cleanly"
+        with pytest.raises(RuntimeError):  # no more layers once closed
+            pool.submit(blob, GZIP, diff_id, _empty(tmp_path / "y"), name="L2")

@@ -111,6 +111,15 @@ class AheadOfOrder:
         # The layer's files may go to disk while the CPU works on the others.
         self._tx.write_ahead()
 
+    def done(self, item: LayerWork) -> bool:
+        """Whether the worker is done with the layer (its report would not block)."""
+        future = self._futures.get(item.descriptor.digest)
+        return future is not None and future.done()
+
+    def close(self) -> None:
+        """Every layer's report was taken: the workers may exit."""
+        self._pool.close()
+
     def report(self, item: LayerWork) -> ApplyReport:
         """The worker's report (raises what the worker raised, e.g. ``LowerLayersNeeded``).
 

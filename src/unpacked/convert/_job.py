@@ -57,6 +57,20 @@ POOL_MIN_BYTES = 8 << 20
 
 
 @dataclass
+class _Ready:
+    """Layers ready to be merged onto ``tree`` (the flat tree, or a scratch one), in order;
+    merged together, in one walk, when the tree must hold them."""
+
+    tree: Path | None
+    layers: list[LayerTree] = field(default_factory=list)
+
+    def merge(self) -> None:
+        if self.tree is not None and self.layers:
+            merge_layers(self.layers, self.tree)
+        self.layers = []
+
+
+@dataclass
 class Job:
     """One image being published; lives for one transaction."""
 
@@ -133,8 +147,10 @@ class Job:
                     ahead = AheadOfOrder(self, tx, pool)
             blobs = stack.enter_context(self._downloads(tx, new, ahead))
             above = self._stack_layers(tx, work, blobs, ahead, tree)
-        if flat is not None and above:
-            merge_layers(above, flat)
+            if ahead is not None:
+                ahead.close()  # the workers exit while the last layers merge
+            if flat is not None and above:
+                merge_layers(above, flat)
 
     @staticmethod
     def _scratch_tree(tx: Transaction, work: list[LayerWork]) -> Path | None:
@@ -183,9 +199,10 @@ class Job:
         """Unpack the new layers in order, each onto ``tree`` holding the layers below it.
 
         Layers that are ready (stored, or unpacked) wait and are merged in one walk when
-        a new layer needs them below it; those above the last new layer are returned.
+        a new layer needs them below it, or while the job waits for a worker; those above
+        the last new layer are returned.
         """
-        ready: list[LayerTree] = []
+        ready = _Ready(tree)
         staged: dict[Digest, LayerWork] = {}
         for item in work:
             digest = item.descriptor.digest
@@ -194,10 +211,9 @@ class Job:
                 item.layerfs, item.whiteouts = first.layerfs, first.whiteouts
                 item.diff_size = first.diff_size
             elif item.new:
-                if tree is not None and ready:
-                    merge_layers(ready, tree)
-                    ready = []
-                self._unpack_one(tx, item, blobs.wait(digest), ahead, tree)
+                if ahead is None or not ahead.done(item):
+                    ready.merge()  # needed below it, or merged while its worker works
+                self._unpack_one(tx, item, blobs.wait(digest), ahead, ready)
                 staged[digest] = item
             else:
                 item.layerfs = tx.read_path(layout.layerfs_dir(digest))
@@ -205,8 +221,8 @@ class Job:
                 staged[digest] = item
                 self.reused.append(digest)
             assert item.layerfs is not None
-            ready.append(LayerTree(item.layerfs, item.whiteouts, self.layer_name(item)))
-        return ready
+            ready.layers.append(LayerTree(item.layerfs, item.whiteouts, self.layer_name(item)))
+        return ready.layers
 
     def _make_layer_dir(self, tx: Transaction, item: LayerWork) -> None:
         layer_root = tx.new_dir(layout.layer_dir(item.descriptor.digest))
@@ -226,11 +242,12 @@ class Job:
         item: LayerWork,
         blob: Path,
         ahead: AheadOfOrder | None,
-        tree: Path | None,
+        ready: _Ready,
     ) -> None:
-        report = self._unpacked_ahead(tx, item, ahead, tree) if ahead is not None else None
+        report = self._unpacked_ahead(tx, item, ahead, ready) if ahead is not None else None
         if report is None:
-            report = self._unpack_here(item, blob, tree)
+            ready.merge()
+            report = self._unpack_here(item, blob, ready.tree)
         blob.unlink(missing_ok=True)  # not needed any more; keep it out of any flush
         tx.write_ahead()
         item.whiteouts = report.whiteouts
@@ -240,9 +257,10 @@ class Job:
         self.report(item.descriptor.digest, "done", item.descriptor.size, item.descriptor.size)
 
     def _unpacked_ahead(
-        self, tx: Transaction, item: LayerWork, ahead: AheadOfOrder, tree: Path | None
+        self, tx: Transaction, item: LayerWork, ahead: AheadOfOrder, ready: _Ready
     ) -> ApplyReport | None:
-        """The worker's layer, completed against ``tree``; None if it must be unpacked again."""
+        """The worker's layer, completed against the layers below it; None if it must be
+        unpacked again."""
         assert item.layerfs is not None
         try:
             report = ahead.report(item)
@@ -257,7 +275,9 @@ class Job:
             self._restart_layerfs(tx, item)
             return None
         name = self.layer_name(item)
-        warnings = complete_layer(item.layerfs, tree, report.pending, name=name)
+        if report.pending:  # most layers need nothing from below (docker lists parents)
+            ready.merge()
+        warnings = complete_layer(item.layerfs, ready.tree, report.pending, name=name)
         self.warnings.extend(f"{name}: {warning}" for warning in warnings)
         return report
 

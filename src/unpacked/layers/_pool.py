@@ -73,12 +73,15 @@ class _Worker:
         assert isinstance(value, ApplyReport)
         return value
 
-    def stop(self, *, kill: bool) -> None:
+    def close(self, *, kill: bool) -> None:
+        """Tell the worker to exit (its requests end), or kill it; do not wait."""
         if kill:
             self.process.kill()
         for stream in (self._requests, self._replies):
             with contextlib.suppress(OSError):  # a killed worker's pipe
                 stream.close()
+
+    def wait(self) -> None:
         try:
             self.process.wait(_STOP_SECONDS)
         except subprocess.TimeoutExpired:
@@ -113,9 +116,20 @@ class UnpackPool:
         self._stop(kill=failed)
         self._threads.shutdown(wait=True)
 
+    def close(self) -> None:
+        """No more layers: the workers finish theirs and exit, while the caller goes on.
+
+        ``__exit__`` then only waits for processes that are already ending.
+        """
+        self._threads.shutdown(wait=True)
+        for worker in self._workers:
+            worker.close(kill=False)
+
     def _stop(self, *, kill: bool) -> None:
         for worker in self._workers:
-            worker.stop(kill=kill)
+            worker.close(kill=kill)
+        for worker in self._workers:  # all told first: they end at the same time
+            worker.wait()
 
     def submit(
         self, blob: Path, media_type: str, diff_id: Digest, root: Path, *, name: str
