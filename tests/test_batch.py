@@ -578,6 +578,40 @@ def test_a_failing_layer_is_not_retried(images: Images, tmp_path: Path) -> None:
     assert image.error is not None and "../escape" in image.error
 
 
+def test_an_unexpected_error_fails_its_image_only(
+    images: Images,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A bug met by one image (any exception that is not ours) fails that image, with its
+    traceback in the log, and the batch goes on."""
+    from unpacked import batch
+
+    real = batch.convert_image
+    broken = parse(images.ref("batch/a:1"))
+
+    def convert_image(reference: Any, **kwargs: Any) -> Any:
+        if reference == broken:
+            raise RuntimeError("boom")
+        return real(reference, **kwargs)
+
+    monkeypatch.setattr(batch, "convert_image", convert_image)
+    wishlist = write(
+        tmp_path / "recipe.yaml", recipe(images.ref("batch/a:1"), images.ref("batch/b:1"))
+    )
+    repo = tmp_path / "repo"
+    sleeps = Sleeps()
+    with caplog.at_level(logging.ERROR, logger="unpacked.batch"):
+        report = convert_in_process(wishlist, repo, sleep=sleeps)
+    failed, added = report.images
+    assert (failed.outcome, failed.attempts, sleeps.delays) == ("failed", 1, [])
+    assert failed.error == "unexpected error: RuntimeError: boom"
+    assert added.outcome == "added" and identity(repo, images.ref("batch/b:1")) == b"b\n"
+    (logged,) = [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert logged.exc_info is not None and "boom" in str(logged.exc_info[1])
+
+
 # --- 6. dry run and syntax check --------------------------------------------------------
 
 

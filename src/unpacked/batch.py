@@ -216,17 +216,14 @@ class _Runner:
                 )
             except errors.UnpackedError as exc:
                 if self._give_up(job, exc, attempt):
-                    record_failure(self.publisher, job.reference, exc, convert_options)
-                    return ImageOutcome(
-                        job.wish,
-                        job.reference,
-                        job.platform,
-                        "failed",
-                        attempt,
-                        str(exc),
-                        options=convert_options,
-                    )
+                    return self._failed(job, exc, attempt, convert_options)
                 continue
+            except Exception as exc:
+                # A bug met by one image must not stop the others (nor a service's next
+                # cycles): the image fails, with the traceback in the log, not retried.
+                logger.exception("%s: unexpected error", job)
+                unexpected = errors.UnpackedError(f"unexpected error: {type(exc).__name__}: {exc}")
+                return self._failed(job, unexpected, attempt, convert_options)
             outcome = result.outcome.value
             return ImageOutcome(
                 job.wish,
@@ -238,6 +235,14 @@ class _Runner:
                 result,
                 options=convert_options,
             )
+
+    def _failed(
+        self, job: Job, error: errors.UnpackedError, attempt: int, options: ConvertOptions
+    ) -> ImageOutcome:
+        record_failure(self.publisher, job.reference, error, options)
+        return ImageOutcome(
+            job.wish, job.reference, job.platform, "failed", attempt, str(error), options=options
+        )
 
     def _give_up(self, job: Job, exc: errors.UnpackedError, attempt: int) -> bool:
         if isinstance(exc, _FINAL_ERRORS) or attempt >= self.options.attempts:
