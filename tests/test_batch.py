@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import stat
 import threading
 from collections import Counter
@@ -460,6 +461,39 @@ def test_transient_failures_are_retried_with_growing_backoff(
     assert recorder.requests.count(head) == 3
     assert len(sleeps.delays) == 2
     assert not (tmp_path / "other" / parse(reference).public_name).exists()
+
+
+def _refused_host() -> str:
+    """127.0.0.1 and a port nothing listens on: connecting is refused at once."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_an_unreachable_registry_costs_its_first_image_only(images: Images, tmp_path: Path) -> None:
+    """Once a registry refused every attempt of one image, its other images fail untried;
+    the other registries go on."""
+    dead = _refused_host()
+    refs = [f"{dead}/dead/x:1", images.ref("batch/a:1"), f"{dead}/dead/y:1", f"{dead}/dead/z:1"]
+    wishlist = write(tmp_path / "recipe.yaml", recipe(*refs))
+    recorder = Recorder()
+    sleeps = Sleeps()
+    options = BatchOptions(attempts=2, backoff=5.0)
+    report = convert_in_process(
+        wishlist, tmp_path / "repo", transport=recorder, options=options, sleep=sleeps
+    )
+    outcome = {str(image.reference): image for image in report.images}
+    first, live = outcome[str(parse(refs[0]))], outcome[str(parse(refs[1]))]
+    assert (first.outcome, first.attempts, len(sleeps.delays)) == ("failed", 2, 1)
+    assert first.error is not None and "cannot connect" in first.error and dead in first.error
+    assert live.outcome == "added"
+    for ref in refs[2:]:
+        untried = outcome[str(parse(ref))]
+        assert (untried.outcome, untried.attempts) == ("failed", 0)
+        assert untried.error is not None and "not tried" in untried.error
+        assert dead in untried.error and "cannot connect" in untried.error
+    assert not [path for _, path in recorder.requests if "/dead/y" in path or "/dead/z" in path]
+    assert [path for _, path in recorder.requests if "/dead/x" in path]
 
 
 def test_not_found_is_not_retried(images: Images, tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ Images of one registry are converted one after another; registries proceed in pa
 registry client's per-registry limits still apply. Every image gets a bounded number
 of attempts with backoff for errors that may pass (network, rate limits, a busy
 repository lock); errors that will not pass (not found, refused, a broken layer) fail
-at once. A stop request (``threading.Event``) is honoured between images, never in
+at once, and once a registry cannot even be connected to, its other images fail
+untried. A stop request (``threading.Event``) is honoured between images, never in
 the middle of publishing one.
 """
 
@@ -195,14 +196,29 @@ class _Runner:
     wait: Callable[[float], bool]
 
     def run_all(self, jobs: list[Job]) -> list[ImageOutcome]:
+        """The images of one registry, in order.
+
+        Once the registry proved unreachable (no connection, after every attempt), the
+        images left fail at once, untried: each would spend its attempts and backoff on
+        the same wall (minutes per image for a host that drops packets), and hold up the
+        end of the run, hence a service's next cycle, by as much.
+        """
         outcomes = []
+        unreachable: errors.RegistryUnreachableError | None = None
         for job in jobs:
             if self.stop.is_set():
                 break
-            outcomes.append(self.run(job))
+            if unreachable is not None:
+                outcomes.append(self._not_tried(job, unreachable))
+                continue
+            outcome, error = self.run(job)
+            outcomes.append(outcome)
+            if isinstance(error, errors.RegistryUnreachableError):
+                unreachable = error
         return outcomes
 
-    def run(self, job: Job) -> ImageOutcome:
+    def run(self, job: Job) -> tuple[ImageOutcome, errors.UnpackedError | None]:
+        """The image's outcome, and the error it failed with, if it did."""
         convert_options = _options_for(job, self.options.convert)
         attempt = 0
         while True:
@@ -216,16 +232,16 @@ class _Runner:
                 )
             except errors.UnpackedError as exc:
                 if self._give_up(job, exc, attempt):
-                    return self._failed(job, exc, attempt, convert_options)
+                    return self._failed(job, exc, attempt, convert_options), exc
                 continue
             except Exception as exc:
                 # A bug met by one image must not stop the others (nor a service's next
                 # cycles): the image fails, with the traceback in the log, not retried.
-                logger.exception("%s: unexpected error", job)
+                logger.exception("%s: unexpected error", job.label)
                 unexpected = errors.UnpackedError(f"unexpected error: {type(exc).__name__}: {exc}")
-                return self._failed(job, unexpected, attempt, convert_options)
+                return self._failed(job, unexpected, attempt, convert_options), unexpected
             outcome = result.outcome.value
-            return ImageOutcome(
+            done = ImageOutcome(
                 job.wish,
                 job.reference,
                 job.platform,
@@ -235,6 +251,7 @@ class _Runner:
                 result,
                 options=convert_options,
             )
+            return done, None
 
     def _failed(
         self, job: Job, error: errors.UnpackedError, attempt: int, options: ConvertOptions
@@ -243,6 +260,15 @@ class _Runner:
         return ImageOutcome(
             job.wish, job.reference, job.platform, "failed", attempt, str(error), options=options
         )
+
+    def _not_tried(self, job: Job, unreachable: errors.RegistryUnreachableError) -> ImageOutcome:
+        error = errors.RegistryUnreachableError(
+            f"not tried: registry {job.reference.registry} was unreachable earlier in this "
+            f"run ({unreachable})"
+        )
+        logger.error("%s: %s", job.label, error)
+        options = _options_for(job, self.options.convert)
+        return self._failed(job, error, 0, options)
 
     def _give_up(self, job: Job, exc: errors.UnpackedError, attempt: int) -> bool:
         if isinstance(exc, _FINAL_ERRORS) or attempt >= self.options.attempts:

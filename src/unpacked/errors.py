@@ -8,6 +8,8 @@ boundary where they occur, so callers and the CLI only ever see this tree::
     ├── InvalidReferenceError          a reference string that cannot be parsed
     ├── RegistryError                  anything that went wrong talking to a registry
     │   ├── RegistryConnectionError    network failure or timeout, after retries
+    │   │   └── RegistryUnreachableError  no connection at all (refused, no route, DNS,
+    │   │                                 connect timeout, untrusted certificate)
     │   ├── AuthenticationError        401/403, or the token service refused us
     │   ├── NotFoundError              unknown manifest, blob, repository or tag
     │   ├── RateLimitedError           429 that did not clear within our patience
@@ -54,6 +56,11 @@ class RegistryError(UnpackedError):
 
 class RegistryConnectionError(RegistryError):
     """The registry could not be reached (connection, TLS, timeout) after retries."""
+
+
+class RegistryUnreachableError(RegistryConnectionError):
+    """Not even a connection to the registry could be made: it is down for every request,
+    not failing one of them."""
 
 
 class AuthenticationError(RegistryError):

@@ -20,6 +20,7 @@ from unpacked.errors import (
     RegistryConnectionError,
     RegistryError,
     RegistryProtocolError,
+    RegistryUnreachableError,
 )
 
 _NOT_FOUND_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN", "BLOB_UNKNOWN"})
@@ -117,16 +118,22 @@ def status_error(status: int, body: bytes, subject: Subject) -> RegistryError:
 def transport_error(exc: httpx.HTTPError, subject: Subject) -> Transient | RegistryError:
     """A transport failure: a ``Transient`` if retrying may help, else the final error."""
     kind = type(exc).__name__
+    if _untrusted_certificate(exc):
+        return RegistryUnreachableError(
+            f"registry {subject.registry} presented a certificate we do not trust "
+            f"({_root_cause(exc)}); add its CA with the ca_bundle option"
+        )
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return Transient(
+            RegistryUnreachableError(
+                f"cannot connect to registry {subject.registry} for {subject.what} ({kind}: {exc})"
+            )
+        )
     if isinstance(exc, httpx.TimeoutException):
         return Transient(
             RegistryConnectionError(
                 f"registry {subject.registry} did not answer in time for {subject.what} ({kind})"
             )
-        )
-    if _untrusted_certificate(exc):
-        return RegistryConnectionError(
-            f"registry {subject.registry} presented a certificate we do not trust "
-            f"({_root_cause(exc)}); add its CA with the ca_bundle option"
         )
     if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError | httpx.ProxyError):
         return Transient(
