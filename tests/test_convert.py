@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import stat
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,7 @@ from support.tree import (
 from support.umoci import UmociOracle
 from unpacked import cli
 from unpacked.convert import ConvertOptions, ConvertResult, LayerProgress, Outcome, convert_image
+from unpacked.convert import _blobs as convert_blobs
 from unpacked.convert import _job as convert_job
 from unpacked.digest import Digest
 from unpacked.errors import (
@@ -511,6 +513,77 @@ def test_layers_are_unpacked_here_when_workers_fail(  # noqa: PLR0917 - fixtures
     for tree in layer_trees:
         assert_trees_equal(tree / "layerfs", root / tree.relative_to(expected) / "layerfs")
     flat = flat_dir(expected, first.image_id)
+    assert_trees_equal(flat, root / flat.relative_to(expected))
+    assert_no_staging(root)
+
+
+class CutFirstBlob(CountingTransport):
+    """The first GET of blob ``digest`` stops after ``keep`` of its bytes (a pause, then a
+    reset connection); every other request is served whole."""
+
+    def __init__(self, digest: str, keep: float) -> None:
+        super().__init__()
+        self._path_end = f"/blobs/{digest}"
+        self._keep = keep
+        self.cut = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if request.method != "GET" or not request.url.path.endswith(self._path_end) or self.cut:
+            return response
+        self.cut += 1
+        body = response.read()
+        stream = _PartThenReset(body[: int(len(body) * self._keep)])
+        return httpx.Response(response.status_code, headers=response.headers, stream=stream)
+
+
+class _PartThenReset(httpx.SyncByteStream):
+    def __init__(self, part: bytes) -> None:
+        self._part = part
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._part
+        time.sleep(0.5)  # the worker following the download reads it (all of it: done)
+        raise httpx.ReadError("connection reset (test)")
+
+
+@pytest.mark.parametrize("keep", [0.5, 1.0], ids=["midway", "after-the-last-byte"])
+def test_a_restarted_download_unpacks_its_layer_again_from_the_finished_blob(  # noqa: PLR0917
+    registry: RegistryServer,
+    push_image: PushImage,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    keep: float,
+) -> None:
+    """A worker unpacks a layer as its blob downloads; when the download restarts, what
+    it read is abandoned (even if it was the whole blob: its digest was never checked)
+    and the layer is unpacked from the verified blob."""
+    # The client hands a blob out in 64 KiB pieces, the last one at the end of the stream:
+    # only a blob of whole pieces can be all on disk before a reset is noticed.
+    base = tar_bytes([TarEntry.file("base/big", data(91, 320_000, compressible=0.5))])
+    assert len(base) % (64 << 10) == 0
+    layers = [base, files_layer("top", 3, 2_000, seed=92)]
+    pushed = build_and_push(
+        push_image, tmp_path / "oci", layers, "convert/restart:1", compression=["none", "gzip"]
+    )
+    reference = ref_of(registry, "convert/restart:1")
+    expected = tmp_path / "expected"
+    convert(reference, expected, unpack_workers=1)
+    cutting = CutFirstBlob(pushed.layer_digests[0], keep)
+    # Every byte goes to the file as it comes: the whole blob can be on disk, and read,
+    # before the download learns that its connection was reset.
+    monkeypatch.setattr(convert_blobs, "_CHUNK", 1)
+    root = tmp_path / "repo"
+    with caplog.at_level(logging.INFO, logger=convert_job.__name__):
+        result = convert(reference, root, transport=cutting, unpack_workers=2)
+    assert (result.outcome, cutting.cut) == (Outcome.ADDED, 1)
+    assert cutting.blob_requests().count(pushed.layer_digests[0]) == 2
+    assert "unpacking the layer again, from the finished blob" in caplog.text
+    for digest in pushed.layer_digests:
+        tree = layer_dir(expected, digest) / "layerfs"
+        assert_trees_equal(tree, root / tree.relative_to(expected))
+    flat = flat_dir(expected, pushed.config_digest)
     assert_trees_equal(flat, root / flat.relative_to(expected))
     assert_no_staging(root)
 

@@ -95,6 +95,11 @@ class UnpackWorkerDied(LayerError):
     """The worker process unpacking a layer ended without an answer (killed, crashed)."""
 
 
+class BlobAbandoned(LayerError):
+    """The download a layer was being unpacked from, as it grew, restarted or failed: the
+    layer is unpacked again from the finished blob, if there is one."""
+
+
 class LowerLayersNeeded(LayerError):
     """A layer unpacked before its lower layers were ready needs them in the middle of its tar.
 

@@ -1,5 +1,6 @@
-"""Getting a conversion's new layers ready: blobs downloaded in parallel, then unpacked
-by worker processes ahead of their turn (``AheadOfOrder``) or by the job in order."""
+"""Getting a conversion's new layers ready: blobs downloaded in parallel, and unpacked
+by worker processes as they download, ahead of their turn (``AheadOfOrder``), or by
+the job in order once downloaded."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import TYPE_CHECKING
 
 from unpacked.convert._layer_records import LayerWork
 from unpacked.digest import Digest
-from unpacked.layers import ApplyReport, UnpackPool
+from unpacked.errors import BlobAbandoned
+from unpacked.layers import ApplyReport, UnpackPool, abandon
 from unpacked.publish import Transaction
 from unpacked.registry import BlobStream
 
@@ -25,16 +27,18 @@ BlobHook = Callable[[LayerWork, Path], None]
 class Downloads:
     """Blobs downloaded in parallel (a bounded pool of threads) to scratch files, verified.
 
-    ``on_blob`` runs in the download thread once a blob is complete, before ``wait``
-    returns it.
+    ``on_start`` runs in the download thread as soon as a blob's file exists, so that it
+    can be read as it grows (``GrowingBlob``). If that download restarts (into a new
+    file) or fails, the file is abandoned (``abandon``) and its reader stops;
+    ``wait`` returns the finished, verified file.
     """
 
     def __init__(
-        self, job: Job, tx: Transaction, items: list[LayerWork], on_blob: BlobHook | None
+        self, job: Job, tx: Transaction, items: list[LayerWork], on_start: BlobHook | None
     ) -> None:
         self._job = job
         self._scratch = tx.scratch_dir()
-        self._on_blob = on_blob
+        self._on_start = on_start
         self._pool = ThreadPoolExecutor(
             max_workers=job.options.download_workers, thread_name_prefix="download"
         )
@@ -56,12 +60,19 @@ class Downloads:
 
     def _fetch(self, item: LayerWork) -> Path:
         descriptor = item.descriptor
-        path = self._scratch / f"blob-{descriptor.digest.hex}"
         job = self._job
+        attempts: list[Path] = []
 
         def consume(stream: BlobStream) -> Path:
-            # Restartable: a retried fetch truncates and writes from the first byte.
+            # Restartable: each attempt writes a file of its own, from the first byte; a
+            # reader of an earlier one is told to stop.
+            if attempts:
+                abandon(attempts[-1])
+            path = self._scratch / f"blob-{descriptor.digest.hex}-{len(attempts)}"
+            attempts.append(path)
             with open(path, "wb") as out:
+                if len(attempts) == 1 and self._on_start is not None:
+                    self._on_start(item, path)
                 done = 0
                 while chunk := stream.read(_CHUNK):
                     out.write(chunk)
@@ -69,14 +80,16 @@ class Downloads:
                     job.report(descriptor.digest, "download", done, descriptor.size)
             return path
 
-        blob = job.client.fetch_blob(job.reference, descriptor, consume)
-        if self._on_blob is not None:
-            self._on_blob(item, blob)
-        return blob
+        try:
+            return job.client.fetch_blob(job.reference, descriptor, consume)
+        except BaseException:
+            if attempts:
+                abandon(attempts[-1])
+            raise
 
 
 class AheadOfOrder:
-    """New layers handed to worker processes as soon as their blob is on disk.
+    """New layers handed to worker processes as soon as their download starts.
 
     Workers unpack with the lower layers deferred; the job then takes the reports in
     layer order (``report``) and completes each layer against the flat tree below it.
@@ -87,18 +100,20 @@ class AheadOfOrder:
         self._tx = tx
         self._pool = pool
         self._futures: dict[Digest, Future[ApplyReport]] = {}
+        self._followed: dict[Digest, Path] = {}
 
     def submit(self, item: LayerWork, blob: Path) -> None:
-        """``Downloads``' hook: runs in a download thread."""
+        """``Downloads``' hook, in a download thread: the blob is read as it downloads."""
         assert item.layerfs is not None
         digest = item.descriptor.digest
-        self._job.report(digest, "unpack", 0, item.descriptor.size)
+        self._followed[digest] = blob
         future = self._pool.submit(
             blob,
             item.descriptor.media_type,
             item.diff_id,
             item.layerfs,
             name=self._job.layer_name(item),
+            size=item.descriptor.size,
         )
         future.add_done_callback(lambda done: self._unpacked(done, blob))
         self._futures[digest] = future
@@ -120,9 +135,15 @@ class AheadOfOrder:
         """Every layer's report was taken: the workers may exit."""
         self._pool.close()
 
-    def report(self, item: LayerWork) -> ApplyReport:
+    def report(self, item: LayerWork, blob: Path) -> ApplyReport:
         """The worker's report (raises what the worker raised, e.g. ``LowerLayersNeeded``).
 
-        Only after ``Downloads.wait`` returned the item's blob, so it was submitted.
+        Only after ``Downloads.wait`` returned the item's ``blob``, so it was submitted.
+        A worker that read another file than that one (its download restarted) read
+        bytes no digest vouched for: ``BlobAbandoned``, whatever it answered.
         """
-        return self._futures[item.descriptor.digest].result()
+        digest = item.descriptor.digest
+        report = self._futures[digest].result()
+        if self._followed[digest] != blob:
+            raise BlobAbandoned(f"layer {self._job.layer_name(item)}: its download restarted")
+        return report

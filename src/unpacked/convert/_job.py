@@ -31,7 +31,7 @@ from unpacked.convert._model import (
     placement,
 )
 from unpacked.digest import Digest
-from unpacked.errors import LayerError, LowerLayersNeeded, UnpackWorkerDied
+from unpacked.errors import BlobAbandoned, LayerError, LowerLayersNeeded, UnpackWorkerDied
 from unpacked.layers import (
     ApplyReport,
     LayerTree,
@@ -244,7 +244,7 @@ class Job:
         ahead: AheadOfOrder | None,
         ready: _Ready,
     ) -> None:
-        report = self._unpacked_ahead(tx, item, ahead, ready) if ahead is not None else None
+        report = self._unpacked_ahead(tx, item, blob, ahead, ready) if ahead else None
         if report is None:
             ready.merge()
             report = self._unpack_here(item, blob, ready.tree)
@@ -257,15 +257,19 @@ class Job:
         self.report(item.descriptor.digest, "done", item.descriptor.size, item.descriptor.size)
 
     def _unpacked_ahead(
-        self, tx: Transaction, item: LayerWork, ahead: AheadOfOrder, ready: _Ready
+        self, tx: Transaction, item: LayerWork, blob: Path, ahead: AheadOfOrder, ready: _Ready
     ) -> ApplyReport | None:
         """The worker's layer, completed against the layers below it; None if it must be
         unpacked again."""
         assert item.layerfs is not None
         try:
-            report = ahead.report(item)
+            report = ahead.report(item, blob)
         except LowerLayersNeeded as exc:
             logger.info("%s: unpacking the layer again, after the layers below it", exc)
+            self._restart_layerfs(tx, item)
+            return None
+        except BlobAbandoned as exc:
+            logger.info("%s: unpacking the layer again, from the finished blob", exc)
             self._restart_layerfs(tx, item)
             return None
         except UnpackWorkerDied as exc:

@@ -41,6 +41,7 @@ Decisions that differ between tools, made here:
 
 from unpacked.layers._apply import apply_layer, unpack_flat, unpack_layer
 from unpacked.layers._compression import open_layer
+from unpacked.layers._growing import GrowingBlob, abandon
 from unpacked.layers._lower import complete_layer
 from unpacked.layers._merge import LayerTree, MergeStats, merge_layer, merge_layers
 from unpacked.layers._pool import UnpackPool, available_cpus
@@ -48,11 +49,13 @@ from unpacked.layers._report import ApplyReport, PendingLower, Target
 
 __all__ = [
     "ApplyReport",
+    "GrowingBlob",
     "LayerTree",
     "MergeStats",
     "PendingLower",
     "Target",
     "UnpackPool",
+    "abandon",
     "apply_layer",
     "available_cpus",
     "complete_layer",

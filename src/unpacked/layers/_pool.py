@@ -6,9 +6,9 @@ at once. Workers are fresh interpreters running ``unpacked.layers._worker``,
 started with ``subprocess`` (no fork of a process that has threads, and nothing
 of the caller's ``__main__`` imported again, as ``multiprocessing`` would), and
 spoken to over a pipe: one pickled call in, one pickled result out. A worker
-unpacks a blob that is already on disk into its layer directory with
-``defer_lower`` (the layers below may not be ready); the caller completes each
-layer in order (``complete_layer``).
+unpacks a blob file, on disk or still being downloaded (``GrowingBlob``), into its
+layer directory with ``defer_lower`` (the layers below may not be ready); the
+caller completes each layer in order (``complete_layer``).
 
 Workers are started by the constructor, so their start-up overlaps the
 downloads; the thread that creates the pool must outlive it (a worker is killed
@@ -132,10 +132,21 @@ class UnpackPool:
             worker.wait()
 
     def submit(
-        self, blob: Path, media_type: str, diff_id: Digest, root: Path, *, name: str
+        self,
+        blob: Path,
+        media_type: str,
+        diff_id: Digest,
+        root: Path,
+        *,
+        name: str,
+        size: int | None = None,
     ) -> Future[ApplyReport]:
-        """Unpack the blob file ``blob`` into the empty layer directory ``root``."""
-        arguments = (str(blob), media_type, str(diff_id), str(root), name)
+        """Unpack the blob file ``blob`` into the empty layer directory ``root``.
+
+        With ``size``, the blob is still being written: it is read as it grows, up to
+        ``size`` bytes (``GrowingBlob``; ``BlobAbandoned`` if its writer abandons it).
+        """
+        arguments = (str(blob), media_type, str(diff_id), str(root), name, size)
         return self._threads.submit(self._call, arguments, name)
 
     def _call(self, arguments: tuple[object, ...], name: str) -> ApplyReport:

@@ -1,14 +1,15 @@
 """The worker process of ``UnpackPool``: ``python -m unpacked.layers._worker PARENT_PID``.
 
-Reads pickled calls ``(blob, media type, diff_id, layer directory, name)`` from
-stdin and answers each with a pickled ``(True, ApplyReport)`` or ``(False,
-exception)`` on stdout, until stdin closes. Its parent is the unpacked process,
-which it does not outlive, and which alone decides when it stops (SIGINT and SIGTERM
-are ignored).
+Reads pickled calls ``(blob, media type, diff_id, layer directory, name, size)``
+from stdin (``size``: the blob is still being downloaded, read it as it grows) and
+answers each with a pickled ``(True, ApplyReport)`` or ``(False, exception)`` on
+stdout, until stdin closes. Its parent is the unpacked process, which it does not
+outlive, and which alone decides when it stops (SIGINT and SIGTERM are ignored).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import pickle
@@ -17,9 +18,10 @@ import sys
 from pathlib import Path
 from typing import IO
 
-from unpacked.digest import Digest
+from unpacked.digest import Digest, Readable
 from unpacked.errors import LayerError
 from unpacked.layers._apply import unpack_layer
+from unpacked.layers._growing import GrowingBlob
 from unpacked.layers._report import ApplyReport, Target
 
 _PR_SET_PDEATHSIG = 1
@@ -35,8 +37,13 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(1)
 
 
-def unpack(blob: str, media_type: str, diff_id: str, root: str, name: str) -> ApplyReport:
-    with open(blob, "rb") as stream:
+def unpack(arguments: tuple[str, str, str, str, str, int | None]) -> ApplyReport:
+    blob, media_type, diff_id, root, name, size = arguments
+    with contextlib.ExitStack() as stack:
+        if size is None:
+            stream: Readable = stack.enter_context(open(blob, "rb"))
+        else:
+            stream = stack.enter_context(GrowingBlob(Path(blob), size, name=name))
         return unpack_layer(
             stream,
             media_type,
@@ -64,7 +71,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
         except EOFError:
             return
         try:
-            report = unpack(*arguments)
+            report = unpack(arguments)
         except Exception as exc:  # every error goes back to the parent
             _answer(replies, False, exc)
         else:
