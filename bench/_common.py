@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -211,6 +211,30 @@ def settle(*, forget_dentries: bool = True) -> None:
         with contextlib.suppress(OSError):
             Path("/proc/sys/vm/drop_caches").write_text("2\n")
     time.sleep(SETTLE_SECONDS)
+
+
+@contextlib.contextmanager
+def throttled_loopback(mbit: float | None) -> Iterator[None]:
+    """Loopback limited to ``mbit`` Mbit/s (a ``tbf`` qdisc on ``lo``) while in the block.
+
+    The benchmark's registry is on 127.0.0.1, where a blob downloads at memory speed;
+    a real registry is a network away. This shows what overlapping the download with
+    the unpacking brings. It throttles everything on loopback: run it on an idle machine.
+    """
+    if mbit is None:
+        yield
+        return
+    if os.geteuid() != 0:
+        raise BenchError("--registry-mbit needs root (tc qdisc on lo)")
+    shown = subprocess.run(["tc", "qdisc", "show", "dev", "lo"], check=True, capture_output=True)
+    if b"noqueue" not in shown.stdout:
+        raise BenchError(f"lo already has a qdisc, not touching it: {shown.stdout!r}")
+    rule = ["root", "tbf", "rate", f"{mbit}mbit", "burst", "256kb", "latency", "100ms"]
+    subprocess.run(["tc", "qdisc", "add", "dev", "lo", *rule], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], check=True)
 
 
 def dentry_hash_size() -> int | None:

@@ -46,6 +46,7 @@ from _common import (
     run_measured,
     settle,
     table,
+    throttled_loopback,
     write_results,
 )
 from unpack_layers import REPOSITORY, Setup, generate_layers, measure_skopeo_umoci
@@ -119,6 +120,20 @@ class Bench:
         return _convert(self.setup_a.remote, self.workdir / "repo-noop")
 
 
+def _measure(bench: Bench, repeat: int) -> dict[str, Result]:
+    return round_robin(
+        [
+            ("convert A (cold)", bench.cold_a),
+            ("convert A (cold), --unpack-workers 1", bench.cold_a_in_process),
+            ("skopeo copy + umoci raw unpack A", bench.skopeo_umoci_a),
+            ("convert B after A", bench.b_after_a),
+            ("unpack only B's top layer", bench.top_layer_only),
+            ("no-op re-run of A", bench.noop_a),
+        ],
+        repeat,
+    )
+
+
 def _images(layout: Path, args: argparse.Namespace) -> tuple[BuiltImage, BuiltImage, list[bytes]]:
     layers_a = generate_layers(args.size_mb, args.files, seed=args.seed, layers=args.layers)
     other = generate_layers(args.size_mb, args.files, seed=args.seed + 7, layers=args.layers)
@@ -141,17 +156,8 @@ def run(args: argparse.Namespace) -> dict[str, object]:
             )
             bench.convert_a_for_noop()
             quiet(workdir, args.quiet_seconds)
-            measured = round_robin(
-                [
-                    ("convert A (cold)", bench.cold_a),
-                    ("convert A (cold), --unpack-workers 1", bench.cold_a_in_process),
-                    ("skopeo copy + umoci raw unpack A", bench.skopeo_umoci_a),
-                    ("convert B after A", bench.b_after_a),
-                    ("unpack only B's top layer", bench.top_layer_only),
-                    ("no-op re-run of A", bench.noop_a),
-                ],
-                args.repeat,
-            )
+            with throttled_loopback(args.registry_mbit):
+                measured = _measure(bench, args.repeat)
             results = dict(
                 zip(
                     ("cold", "cold-1", "umoci", "incremental", "top", "noop"),
@@ -196,6 +202,8 @@ def _report(
     )
     print(f"repository {mib(repo_bytes)}, unique content {mib(unique)}")
     print(f"kernel dentry hash table: {dentry_hash_size() or 'unknown'} buckets")
+    if args.registry_mbit is not None:
+        print(f"loopback limited to {args.registry_mbit:g} Mbit/s while measuring")
     return {
         "results": {key: result.as_json() for key, result in results.items()},
         "ratios": ratios,
@@ -210,6 +218,13 @@ def _report(
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     add_image_arguments(parser)
+    parser.add_argument(
+        "--registry-mbit",
+        type=float,
+        default=None,
+        help="limit loopback to this many Mbit/s while measuring, as a registry a network "
+        "away would be (root; tc qdisc on lo)",
+    )
     return parser.parse_args(argv)
 
 

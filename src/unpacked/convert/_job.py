@@ -244,7 +244,9 @@ class Job:
         ahead: AheadOfOrder | None,
         ready: _Ready,
     ) -> None:
-        report = self._unpacked_ahead(tx, item, blob, ahead, ready) if ahead else None
+        report = None
+        if ahead is not None:
+            report = self._unpacked_ahead(tx, item, blob, ahead, ready)
         if report is None:
             ready.merge()
             report = self._unpack_here(item, blob, ready.tree)
