@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,10 +43,12 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One measured run: wall seconds and the peak RSS of its largest process (bytes)."""
+    """One measured run: wall seconds, the peak RSS of its largest process (bytes), and
+    the CPU seconds (user + system) of all its processes, workers included."""
 
     seconds: float
     peak_rss: int
+    cpu_seconds: float
 
 
 def _rss_bytes(maxrss_kib: int) -> int:
@@ -62,6 +65,7 @@ def run_measured(
     fails, or if the deadline passes (the pipeline is then killed).
     """
     with contextlib.ExitStack() as stack:
+        cpu_before = _children_cpu()
         start = time.perf_counter()
         stages: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
         rss_files: list[str] = []
@@ -87,7 +91,15 @@ def run_measured(
         seconds = time.perf_counter() - start
         if GNU_TIME is not None:
             peak = max(_read_rss(path) for path in rss_files)
-        return Sample(seconds, peak)
+        return Sample(seconds, peak, _children_cpu() - cpu_before)
+
+
+def _children_cpu() -> float:
+    # Every process of a run is waited for (the workers by the tool, the tool by GNU
+    # time, GNU time here), so its CPU time lands here; the benchmark's registry, a
+    # child not waited for until the end, does not.
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 GNU_TIME = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
@@ -159,13 +171,23 @@ class Result:
     def peak_rss(self) -> int:
         return int(statistics.median(s.peak_rss for s in self.samples))
 
+    @property
+    def cpu_seconds(self) -> float:
+        return statistics.median(s.cpu_seconds for s in self.samples)
+
     def as_json(self) -> dict[str, object]:
         return {
             "name": self.name,
             "median_seconds": round(self.seconds, 4),
             "median_peak_rss_bytes": self.peak_rss,
+            "median_cpu_seconds": round(self.cpu_seconds, 4),
             "samples": [
-                {"seconds": round(s.seconds, 4), "peak_rss_bytes": s.peak_rss} for s in self.samples
+                {
+                    "seconds": round(s.seconds, 4),
+                    "peak_rss_bytes": s.peak_rss,
+                    "cpu_seconds": round(s.cpu_seconds, 4),
+                }
+                for s in self.samples
             ],
             "note": self.note,
         }

@@ -204,13 +204,17 @@ def measure_skopeo_umoci(setup: Setup, root: Path) -> Sample:
     unpack = ["umoci", "raw", "unpack", "--image", f"{layout}:{setup.image.tag}", str(root)]
     first = run_measured([pull])
     second = run_measured([unpack])
-    return Sample(first.seconds + second.seconds, max(first.peak_rss, second.peak_rss))
+    return Sample(
+        first.seconds + second.seconds,
+        max(first.peak_rss, second.peak_rss),
+        first.cpu_seconds + second.cpu_seconds,
+    )
 
 
 def measure_tar_floor(setup: Setup, root: Path) -> Sample:
     """(c): ``gzip -dc | tar -x`` per layer blob of the local layout, summed."""
     root.mkdir(parents=True)
-    seconds, peak = 0.0, 0
+    seconds, peak, cpu = 0.0, 0, 0.0
     for digest in setup.image.layer_digests:
         blob = setup.image.layout / "blobs" / "sha256" / digest.partition(":")[2]
         sample = run_measured(
@@ -218,7 +222,8 @@ def measure_tar_floor(setup: Setup, root: Path) -> Sample:
         )
         seconds += sample.seconds
         peak = max(peak, sample.peak_rss)
-    return Sample(seconds, peak)
+        cpu += sample.cpu_seconds
+    return Sample(seconds, peak, cpu)
 
 
 Contender = Callable[[Setup, Path], Sample]
