@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -67,7 +68,7 @@ from unpacked.errors import (
     UnpackWorkerDied,
     VerificationError,
 )
-from unpacked.layers import UnpackPool
+from unpacked.layers import SpareWorkers, UnpackPool
 from unpacked.layers import _pool as unpack_pool
 from unpacked.platform import Platform
 from unpacked.publish import open_publisher
@@ -349,9 +350,9 @@ def corpus(
     )
 
     class CountedPool(UnpackPool):
-        def __init__(self, workers: int) -> None:
+        def __init__(self, workers: int, spare: SpareWorkers | None = None) -> None:
             repos.pools.append(workers)
-            super().__init__(workers)
+            super().__init__(workers, spare)
 
     class Redone(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
@@ -471,7 +472,7 @@ def _dead_worker(self: Any, arguments: tuple[object, ...], name: str) -> Any:
     raise UnpackWorkerDied(f"layer {name}: the process unpacking it died (test)")
 
 
-def _no_workers(self: Any, workers: int) -> None:
+def _no_workers(self: Any, workers: int, spare: Any = None) -> None:
     raise LayerError("cannot start a process to unpack layers: (test)")
 
 
@@ -514,6 +515,50 @@ def test_layers_are_unpacked_here_when_workers_fail(  # noqa: PLR0917 - fixtures
         assert_trees_equal(tree / "layerfs", root / tree.relative_to(expected) / "layerfs")
     flat = flat_dir(expected, first.image_id)
     assert_trees_equal(flat, root / flat.relative_to(expected))
+    assert_no_staging(root)
+
+
+def test_a_spare_worker_is_used_first_and_killed_when_not_needed(
+    registry: RegistryServer, push_image: PushImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``convert-single-image`` starts a worker before it knows whether the image changed."""
+    layers = [files_layer("base", 5, 2_000, seed=73), files_layer("top", 3, 2_000, seed=74)]
+    build_and_push(push_image, tmp_path / "oci", layers, "convert/spare:1")
+    reference = ref_of(registry, "convert/spare:1")
+    expected = tmp_path / "expected"
+    first = convert(reference, expected, unpack_workers=1)
+    started: list[unpack_pool._Worker] = []
+    real_init = unpack_pool._Worker.__init__
+
+    def counted(worker: unpack_pool._Worker) -> None:
+        real_init(worker)
+        started.append(worker)
+
+    monkeypatch.setattr(unpack_pool._Worker, "__init__", counted)
+    root = tmp_path / "repo"
+
+    def convert_with(spare: SpareWorkers) -> ConvertResult:
+        with RegistryClient() as client:
+            return convert_image(
+                reference,
+                client=client,
+                publisher=open_publisher(f"dir:{root}"),
+                options=ConvertOptions(unpack_workers=2),
+                now=lambda: FIRST,
+                spare_workers=spare,
+            )
+
+    with SpareWorkers(1) as spare:
+        assert convert_with(spare).outcome is Outcome.ADDED
+        assert spare.take(1) == [], "the pool adopted the spare"
+    assert len(started) == 2, "one spare, one more for the second layer: no third"
+    assert all(worker.process.returncode == 0 for worker in started), "both ended cleanly"
+    flat = flat_dir(expected, first.image_id)
+    assert_trees_equal(flat, root / flat.relative_to(expected))
+    with SpareWorkers(1) as spare:
+        assert convert_with(spare).outcome is Outcome.UNCHANGED
+    assert len(started) == 3
+    assert started[2].process.returncode == -signal.SIGKILL, "the unused spare is killed, reaped"
     assert_no_staging(root)
 
 

@@ -9,7 +9,12 @@ from unpacked import errors
 from unpacked.cli import EXIT_OK
 from unpacked.cli import _render as render
 from unpacked.cli._context import publisher_for, registry_options
-from unpacked.convert import ConvertOptions, convert_image, record_failure
+from unpacked.convert import (
+    ConvertOptions,
+    convert_image,
+    record_failure,
+    start_spare_workers,
+)
 from unpacked.platform import Platform
 from unpacked.reference import parse as parse_reference
 from unpacked.registry import RegistryClient
@@ -43,9 +48,18 @@ def convert_single_image(args: argparse.Namespace) -> int:
     options = convert_options(args)
     progress = render.Progress() if interactive(args) else None
     try:
-        with RegistryClient(registry_options(args)) as client:
+        # The spare starts first, so that it is ready when the first new layer arrives.
+        with (
+            start_spare_workers(options) as spare,
+            RegistryClient(registry_options(args)) as client,
+        ):
             result = convert_image(
-                reference, client=client, publisher=publisher, options=options, progress=progress
+                reference,
+                client=client,
+                publisher=publisher,
+                options=options,
+                progress=progress,
+                spare_workers=spare,
             )
     except errors.UnpackedError as exc:
         record_failure(publisher, reference, exc)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from unpacked.convert._current import is_current, record_checks, record_failure
 from unpacked.convert._job import Job
 from unpacked.convert._model import (
+    MAX_AUTO_UNPACK_WORKERS,
     ConvertOptions,
     ConvertResult,
     LayerProgress,
@@ -35,6 +36,7 @@ from unpacked.convert._model import (
 )
 from unpacked.digest import Digest
 from unpacked.errors import ConfigError
+from unpacked.layers import SpareWorkers, available_cpus
 from unpacked.platform import Platform
 from unpacked.publish import Publisher
 from unpacked.reference import Reference
@@ -53,6 +55,7 @@ __all__ = [
     "read_status",
     "record_checks",
     "record_failure",
+    "start_spare_workers",
     "utc_now",
 ]
 
@@ -67,8 +70,13 @@ def convert_image(
     options: ConvertOptions = ConvertOptions(),
     progress: ProgressCallback | None = None,
     now: Callable[[], str] = utc_now,
+    spare_workers: SpareWorkers | None = None,
 ) -> ConvertResult:
-    """Publish ``reference`` into ``publisher``'s repository, or find it up to date."""
+    """Publish ``reference`` into ``publisher``'s repository, or find it up to date.
+
+    New layers are unpacked by ``spare_workers`` (``start_spare_workers``) before any
+    worker of the conversion's own is started.
+    """
     _check_options(reference, options)
     started = time.monotonic()
     place = placement(reference, options)
@@ -88,12 +96,27 @@ def convert_image(
             seconds=time.monotonic() - started,
         )
     resolved = client.resolve_image(reference, options.platform)
-    job = Job(reference, place, resolved, client, publisher.root, options, progress)
+    job = Job(reference, place, resolved, client, publisher.root, options, progress, spare_workers)
     with publisher.transaction(lock_timeout=options.lock_timeout) as tx:
         job.publish(tx, previous, now())
     outcome = Outcome.ADDED if previous is None else Outcome.UPDATED
     logger.info("%s: %s as %s", reference, outcome.value, resolved.image_id)
     return job.result(outcome, time.monotonic() - started)
+
+
+def start_spare_workers(options: ConvertOptions) -> SpareWorkers:
+    """Start, ahead of knowing whether it has changed, the worker that converting an
+    image with these options would start first (none when it would unpack in-process).
+
+    For a caller that converts one image expecting it to be new, such as
+    ``convert-single-image``: the worker starts while the registry client is set up and the
+    image resolved. An image that turns out unchanged, or to need no worker, costs one
+    process, killed unused.
+    """
+    wanted = options.unpack_workers
+    if wanted is None:
+        wanted = min(MAX_AUTO_UNPACK_WORKERS, available_cpus())
+    return SpareWorkers(1 if wanted >= 2 else 0)
 
 
 def _check_options(reference: Reference, options: ConvertOptions) -> None:

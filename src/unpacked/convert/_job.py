@@ -35,6 +35,7 @@ from unpacked.errors import BlobAbandoned, LayerError, LowerLayersNeeded, Unpack
 from unpacked.layers import (
     ApplyReport,
     LayerTree,
+    SpareWorkers,
     Target,
     UnpackPool,
     available_cpus,
@@ -81,6 +82,7 @@ class Job:
     root: Path
     options: ConvertOptions
     progress: ProgressCallback | None
+    spare: SpareWorkers | None = None
     unpacked: list[Digest] = field(default_factory=list)
     reused: list[Digest] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -140,7 +142,7 @@ class Job:
             ahead = None
             if workers:
                 try:
-                    pool = stack.enter_context(UnpackPool(workers))
+                    pool = stack.enter_context(UnpackPool(workers, self.spare))
                 except LayerError as exc:
                     logger.warning("%s; unpacking the layers in this process", exc)
                 else:

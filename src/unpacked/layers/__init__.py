@@ -44,7 +44,7 @@ from unpacked.layers._compression import open_layer
 from unpacked.layers._growing import GrowingBlob, abandon
 from unpacked.layers._lower import complete_layer
 from unpacked.layers._merge import LayerTree, MergeStats, merge_layer, merge_layers
-from unpacked.layers._pool import UnpackPool, available_cpus
+from unpacked.layers._pool import SpareWorkers, UnpackPool, available_cpus
 from unpacked.layers._report import ApplyReport, PendingLower, Target
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "LayerTree",
     "MergeStats",
     "PendingLower",
+    "SpareWorkers",
     "Target",
     "UnpackPool",
     "abandon",
