@@ -114,6 +114,7 @@ def convert(
     *,
     now: str = FIRST,
     transport: CountingTransport | None = None,
+    spare_workers: SpareWorkers | None = None,
     **options: Any,
 ) -> ConvertResult:
     """Convert ``reference`` into ``dir:root`` through a real client."""
@@ -124,6 +125,7 @@ def convert(
             publisher=open_publisher(f"dir:{root}"),
             options=ConvertOptions(**options),
             now=lambda: now,
+            spare_workers=spare_workers,
         )
 
 
@@ -468,6 +470,17 @@ def test_whiteouts_are_stored_for_overlayfs(corpus: CorpusRepos) -> None:
     assert b"gone" in flat and flat[b"gone"].kind is Kind.DIR  # recreated by layer 3
 
 
+def _two_layers_converted_here(
+    registry: RegistryServer, push_image: PushImage, tmp_path: Path, repo_tag: str, *, seed: int
+) -> tuple[Reference, Path, ConvertResult]:
+    """A pushed image of two layers, and its conversion without workers into ``expected``."""
+    layers = [files_layer("base", 5, 2_000, seed=seed), files_layer("top", 3, 2_000, seed=seed + 1)]
+    build_and_push(push_image, tmp_path / "oci", layers, repo_tag)
+    reference = ref_of(registry, repo_tag)
+    expected = tmp_path / "expected"
+    return reference, expected, convert(reference, expected, unpack_workers=1)
+
+
 def _dead_worker(self: Any, arguments: tuple[object, ...], name: str) -> Any:
     raise UnpackWorkerDied(f"layer {name}: the process unpacking it died (test)")
 
@@ -495,11 +508,9 @@ def test_layers_are_unpacked_here_when_workers_fail(  # noqa: PLR0917 - fixtures
     message: str,
 ) -> None:
     """Workers are an optimisation: an image never fails because they did."""
-    layers = [files_layer("base", 5, 2_000, seed=71), files_layer("top", 3, 2_000, seed=72)]
-    build_and_push(push_image, tmp_path / "oci", layers, "convert/fallback:1")
-    reference = ref_of(registry, "convert/fallback:1")
-    expected = tmp_path / "expected"
-    first = convert(reference, expected, unpack_workers=1)
+    reference, expected, first = _two_layers_converted_here(
+        registry, push_image, tmp_path, "convert/fallback:1", seed=71
+    )
     layer_trees = [layer_dir(expected, digest) for digest in first.layers_unpacked]
     owner, attribute = patched.split(".")
     monkeypatch.setattr(getattr(unpack_pool, owner), attribute, replacement)
@@ -510,7 +521,7 @@ def test_layers_are_unpacked_here_when_workers_fail(  # noqa: PLR0917 - fixtures
     assert message in caplog.text
     # The same trees as unpacking in this process in the first place (apart from the
     # times of the directories the conversion itself creates).
-    assert len(layer_trees) == len(layers)
+    assert len(layer_trees) == 2
     for tree in layer_trees:
         assert_trees_equal(tree / "layerfs", root / tree.relative_to(expected) / "layerfs")
     flat = flat_dir(expected, first.image_id)
@@ -522,11 +533,9 @@ def test_a_spare_worker_is_used_first_and_killed_when_not_needed(
     registry: RegistryServer, push_image: PushImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``convert-single-image`` starts a worker before it knows whether the image changed."""
-    layers = [files_layer("base", 5, 2_000, seed=73), files_layer("top", 3, 2_000, seed=74)]
-    build_and_push(push_image, tmp_path / "oci", layers, "convert/spare:1")
-    reference = ref_of(registry, "convert/spare:1")
-    expected = tmp_path / "expected"
-    first = convert(reference, expected, unpack_workers=1)
+    reference, expected, first = _two_layers_converted_here(
+        registry, push_image, tmp_path, "convert/spare:1", seed=73
+    )
     started: list[unpack_pool._Worker] = []
     real_init = unpack_pool._Worker.__init__
 
@@ -536,27 +545,17 @@ def test_a_spare_worker_is_used_first_and_killed_when_not_needed(
 
     monkeypatch.setattr(unpack_pool._Worker, "__init__", counted)
     root = tmp_path / "repo"
-
-    def convert_with(spare: SpareWorkers) -> ConvertResult:
-        with RegistryClient() as client:
-            return convert_image(
-                reference,
-                client=client,
-                publisher=open_publisher(f"dir:{root}"),
-                options=ConvertOptions(unpack_workers=2),
-                now=lambda: FIRST,
-                spare_workers=spare,
-            )
-
     with SpareWorkers(1) as spare:
-        assert convert_with(spare).outcome is Outcome.ADDED
+        result = convert(reference, root, spare_workers=spare, unpack_workers=2)
+        assert result.outcome is Outcome.ADDED
         assert spare.take(1) == [], "the pool adopted the spare"
     assert len(started) == 2, "one spare, one more for the second layer: no third"
     assert all(worker.process.returncode == 0 for worker in started), "both ended cleanly"
     flat = flat_dir(expected, first.image_id)
     assert_trees_equal(flat, root / flat.relative_to(expected))
     with SpareWorkers(1) as spare:
-        assert convert_with(spare).outcome is Outcome.UNCHANGED
+        result = convert(reference, root, spare_workers=spare, unpack_workers=2)
+        assert result.outcome is Outcome.UNCHANGED
     assert len(started) == 3
     assert started[2].process.returncode == -signal.SIGKILL, "the unused spare is killed, reaped"
     assert_no_staging(root)

@@ -22,9 +22,8 @@ import time
 from collections.abc import Callable
 
 from unpacked.convert._current import is_current, record_checks, record_failure
-from unpacked.convert._job import Job
+from unpacked.convert._job import Job, wanted_workers
 from unpacked.convert._model import (
-    MAX_AUTO_UNPACK_WORKERS,
     ConvertOptions,
     ConvertResult,
     LayerProgress,
@@ -36,7 +35,7 @@ from unpacked.convert._model import (
 )
 from unpacked.digest import Digest
 from unpacked.errors import ConfigError
-from unpacked.layers import SpareWorkers, available_cpus
+from unpacked.layers import SpareWorkers
 from unpacked.platform import Platform
 from unpacked.publish import Publisher
 from unpacked.reference import Reference
@@ -113,10 +112,7 @@ def start_spare_workers(options: ConvertOptions) -> SpareWorkers:
     image resolved. An image that turns out unchanged, or to need no worker, costs one
     process, killed unused.
     """
-    wanted = options.unpack_workers
-    if wanted is None:
-        wanted = min(MAX_AUTO_UNPACK_WORKERS, available_cpus())
-    return SpareWorkers(1 if wanted >= 2 else 0)
+    return SpareWorkers(1 if wanted_workers(options) >= 2 else 0)
 
 
 def _check_options(reference: Reference, options: ConvertOptions) -> None:

@@ -57,6 +57,14 @@ POOL_MIN_BYTES = 8 << 20
 (for the automatic choice; a number of workers asked for is used whatever the size)."""
 
 
+def wanted_workers(options: ConvertOptions) -> int:
+    """The workers asked for, or the automatic choice: one per CPU, at most
+    ``MAX_AUTO_UNPACK_WORKERS``."""
+    if options.unpack_workers is not None:
+        return options.unpack_workers
+    return min(MAX_AUTO_UNPACK_WORKERS, available_cpus())
+
+
 @dataclass
 class _Ready:
     """Layers ready to be merged onto ``tree`` (the flat tree, or a scratch one), in order;
@@ -173,11 +181,10 @@ class Job:
         self, new: list[LayerWork], work: list[LayerWork], tree: Path | None
     ) -> int:
         """Worker processes for the new layers; 0: unpack them here, in order."""
-        wanted = self.options.unpack_workers
-        if wanted is None:  # automatic: only where workers pay for their start
-            if sum(item.descriptor.size for item in new) < POOL_MIN_BYTES:
-                return 0
-            wanted = min(MAX_AUTO_UNPACK_WORKERS, available_cpus())
+        automatic = self.options.unpack_workers is None
+        if automatic and sum(item.descriptor.size for item in new) < POOL_MIN_BYTES:
+            return 0  # workers would not pay for their start
+        wanted = wanted_workers(self.options)
         if wanted < 2:
             return 0
         # One new layer is worth a worker too when stored layers merge meanwhile.
