@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -21,8 +22,9 @@ import pytest
 
 from support.registry import RegistryServer
 from support.samples import SampleImages
-from unpacked.cli import EXIT_INPUT, EXIT_OK, main
+from unpacked.cli import EXIT_BROKEN_PIPE, EXIT_INPUT, EXIT_OK, EXIT_USAGE, main
 from unpacked.publish import open_publisher
+from unpacked.registry._credentials import discover_auth_file
 
 UNPACKED = Path(sys.executable).with_name("unpacked")
 TIMEOUT = 60.0
@@ -218,3 +220,80 @@ def test_loop_refuses_standard_input_and_pipes(tmp_path: Path) -> None:
     assert f"{fifo}: loop reads its wish list again every cycle" in result.stderr
     assert "regular file" in result.stderr
     assert not (tmp_path / "repo").exists()
+
+
+# --- other first-day stumbles ----------------------------------------------------------------
+
+
+def test_zero_attempts_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    wishlist = tmp_path / "w.txt"
+    wishlist.write_text("127.0.0.1:1/nothing:1\n")
+    code, out, err = cli(
+        capsys, "convert", str(wishlist), "--repo", f"dir:{tmp_path / 'r'}", "--attempts", "0"
+    )
+    assert code == EXIT_USAGE
+    assert "--attempts: expected a positive whole number, not '0'" in err
+    assert out == ""
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_bare_repository_path_gets_a_hint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    wishlist = tmp_path / "w.txt"
+    wishlist.write_text("ubuntu\n")
+    code, _, err = cli(capsys, "convert", str(wishlist), "--repo", str(tmp_path / "r"))
+    assert code == EXIT_INPUT
+    assert f"(for a plain directory: dir:{tmp_path / 'r'})" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_reader_that_leaves_early_is_no_error() -> None:
+    # `unpacked ... | head -1`: exit as a shell expects (128 + SIGPIPE), no traceback.
+    references = [f"img{i}:1" for i in range(3000)]  # far more than a pipe buffer holds
+    process = subprocess.Popen(
+        [str(UNPACKED), "check-image-syntax", *references],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        assert process.stdout.readline().startswith(b"ok   img0:1: ")
+        process.stdout.close()
+        assert process.wait(timeout=TIMEOUT) == EXIT_BROKEN_PIPE
+        assert process.stderr.read() == b""
+    finally:
+        process.kill()
+        process.wait(timeout=TIMEOUT)
+        if process.stderr is not None:
+            process.stderr.close()
+
+
+def test_a_wildcard_that_matches_nothing_says_so(
+    registry: RegistryServer, sample_images: SampleImages, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pattern = sample_images.many_tags.ref(registry, "nothing-like-this-*")
+    code, out, err = cli(capsys, "expand-wildcard", pattern)
+    assert code == EXIT_OK
+    assert out.strip() == ""
+    assert f"WARNING: {pattern} matches no tag of {sample_images.many_tags.repository} now" in err
+
+    code, out, err = cli(capsys, "expand-wildcard", sample_images.many_tags.ref(registry, "v00?"))
+    assert (code, err) == (EXIT_OK, "")
+    assert len(out.split()) == 10
+
+
+def test_an_auth_file_location_that_cannot_be_looked_into_is_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As `su` keeps HOME=/root for a service user: stat() fails with EACCES. Root may look
+    # anywhere, so a name too long stands in for it (also an OSError, from the same call).
+    home = tmp_path / ("h" * 300)
+    with caplog.at_level(logging.WARNING):
+        assert discover_auth_file({"HOME": str(home)}) is None
+    assert f"cannot look for a registry auth file at {home}/.docker/config.json" in caplog.text
+
+    (tmp_path / ".docker").mkdir()
+    (tmp_path / ".docker" / "config.json").write_text('{"auths": {}}')
+    found = discover_auth_file({"DOCKER_CONFIG": str(home), "HOME": str(tmp_path)})
+    assert found == tmp_path / ".docker" / "config.json"

@@ -116,7 +116,7 @@ def _add_wishlist_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         parser.add_argument("--strict", action="store_true", help="wish-list warnings are errors")
         parser.add_argument(
             "--attempts",
-            type=int,
+            type=positive_int,
             default=3,
             help="attempts per image, with backoff, for errors that may pass (default: "
             "%(default)s); each attempt's requests are retried by the registry client too",

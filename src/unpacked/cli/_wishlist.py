@@ -169,6 +169,9 @@ def expand_wildcard(args: argparse.Namespace) -> int:
     options = registry_options(args)
     with RegistryClient(options) as client:
         references = expand_wish(wish, client)
+    if not references:
+        # Empty output alone reads like a failure, or like success with a typo in the pattern.
+        logger.warning("%s matches no tag of %s now", args.reference, reference.repository)
     if args.yaml:
         render.print_text("\n".join(f"  - '{_url_form(ref, options)}'" for ref in references))
     elif args.json:
