@@ -10,6 +10,7 @@ from pathlib import Path, PurePosixPath
 import pytest
 from publish_helpers import Worker, areas
 
+from unpacked.cli import EXIT_INPUT, main
 from unpacked.errors import ConfigError, PublishError, RepositoryLockedError
 from unpacked.publish import Publisher, open_publisher
 
@@ -59,6 +60,7 @@ def test_a_lock_timeout_names_the_holder(publisher: Publisher, root: Path) -> No
         waited = time.monotonic() - started
         message = str(info.value)
         assert f"pid {holder.pid} on " in message
+        assert "publish_worker.py hold " in message  # the command it runs
         assert publisher.spec in message
         assert "0.3 s" in message
         assert 0.3 <= waited < 3.0
@@ -128,3 +130,35 @@ def test_another_thread_waits_like_another_process(publisher: Publisher, root: P
 def test_a_lock_timeout_must_be_a_duration(publisher: Publisher, timeout: float) -> None:
     with pytest.raises(ConfigError, match="lock timeout"):
         publisher.transaction(lock_timeout=timeout).__enter__()
+
+
+def test_a_waiter_says_once_whom_it_waits_for_and_when_it_got_the_lock(
+    publisher: Publisher, root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # At the CLI's default level: a wait of minutes must not look like a hang.
+    with Worker("hold", str(root)) as holder:
+        holder.expect("holding")
+        release = threading.Timer(2.5, holder.finish)
+        release.start()
+        try:
+            code = main(["delete-image", "nothing/here:1", "--repo", publisher.spec])
+        finally:
+            release.cancel()
+            release.join(timeout=30)
+        assert holder.process.wait(timeout=30) == 0, holder.stderr()
+    assert code == EXIT_INPUT  # the lock was taken; the image is simply not published
+    lines = capsys.readouterr().err.splitlines()
+    waiting = [line for line in lines if "waiting for the lock" in line]
+    assert len(waiting) == 1, lines
+    assert waiting[0].startswith("WARNING: ")
+    assert f"{root}/.unpacked/lock" in waiting[0]
+    assert f"pid {holder.pid} on " in waiting[0]
+    assert " since 20" in waiting[0]
+    assert ", running: " in waiting[0]
+    assert "publish_worker.py hold " in waiting[0]
+    got = [line for line in lines if "got the lock" in line]
+    assert len(got) == 1, lines
+    assert publisher.spec in got[0]
+    waited = float(got[0].split("after waiting ")[1].removesuffix(" s"))
+    assert 1.0 <= waited < 30.0
+    assert lines.index(waiting[0]) < lines.index(got[0])

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from unpacked.cli import EXIT_FAILURE, EXIT_OK
 from unpacked.cli import _render as render
 from unpacked.cli._context import publisher_for
 from unpacked.cli._context import registry_options as client_options
+from unpacked.cli._source import read_wishlist
 from unpacked.gc import (
     ORPHAN,
     Batch,
@@ -29,7 +29,7 @@ from unpacked.records import ScheduledRemoval
 from unpacked.reference import Reference
 from unpacked.reference import parse as parse_reference
 from unpacked.registry import RegistryClient
-from unpacked.wishlist import WishList, load
+from unpacked.wishlist import WishList
 
 logger = logging.getLogger("unpacked")
 
@@ -39,7 +39,7 @@ def _now() -> datetime:
 
 
 def _load_wishlist(path: str) -> WishList:
-    wishlist = load(Path(path))
+    wishlist = read_wishlist(path)
     for warning in wishlist.warnings:
         logger.warning("%s", warning)
     return wishlist

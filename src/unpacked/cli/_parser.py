@@ -106,13 +106,17 @@ def _add_wishlist_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
             f"{summary[0].upper()}{summary[1:]}. One failing image never stops the others; "
             "each image gets a few attempts with backoff; SIGTERM/SIGINT stop between images.",
         )
-        parser.add_argument("wishlist", help="DUCC recipe (YAML) or plain list of references")
+        parser.add_argument(
+            "wishlist",
+            help="DUCC recipe (YAML) or plain list of references: a file, a pipe, or - for "
+            "standard input (loop re-reads it every cycle, so it needs a regular file)",
+        )
         add_repo_option(parser, required=False)
         add_convert_options(parser)
         parser.add_argument("--strict", action="store_true", help="wish-list warnings are errors")
         parser.add_argument(
             "--attempts",
-            type=int,
+            type=positive_int,
             default=3,
             help="attempts per image, with backoff, for errors that may pass (default: "
             "%(default)s); each attempt's requests are retried by the registry client too",
@@ -140,7 +144,13 @@ def _add_wishlist_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
         "Check the syntax of wish-list files and image references, without network access "
         "(for merge-request checks; see also 'convert --dry-run').",
     )
-    check.add_argument("items", nargs="+", metavar="WISHLIST|REF")
+    check.add_argument(
+        "items",
+        nargs="+",
+        metavar="WISHLIST|REF",
+        help="an existing path (file, pipe, /dev/stdin) or - is a wish list; anything else "
+        "a reference",
+    )
     check.add_argument("--strict", action="store_true", help="wish-list warnings are errors")
     _json_option(check)
 
@@ -241,7 +251,9 @@ def _add_prune(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         ),
     )
     parser.set_defaults(handler="_gc:prune_command")
-    parser.add_argument("--wishlist", required=True, metavar="W", help="the wish list")
+    parser.add_argument(
+        "--wishlist", required=True, metavar="W", help="the wish list (- for standard input)"
+    )
     add_repo_option(parser, required=False)
     parser.add_argument(
         "--dry-run", action="store_true", help="print what would be unlinked; change nothing"

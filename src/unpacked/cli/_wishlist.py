@@ -10,7 +10,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 from types import FrameType
 
 from unpacked import errors
@@ -19,16 +18,17 @@ from unpacked.cli import EXIT_FAILURE, EXIT_INPUT, EXIT_OK
 from unpacked.cli import _render as render
 from unpacked.cli._context import publisher_for, registry_options
 from unpacked.cli._image import convert_options
+from unpacked.cli._source import names_a_file, read_wishlist, require_rereadable
 from unpacked.reference import Reference
 from unpacked.reference import parse as parse_reference
 from unpacked.registry import RegistryClient, RegistryOptions, scheme_for
-from unpacked.wishlist import Wish, WishList, load
+from unpacked.wishlist import Wish, WishList
 
 logger = logging.getLogger("unpacked")
 
 
 def _load_wishlist(args: argparse.Namespace) -> WishList:
-    wishlist = load(Path(args.wishlist), strict=args.strict)
+    wishlist = read_wishlist(args.wishlist, strict=args.strict)
     for warning in wishlist.warnings:
         logger.warning("%s", warning)
     return wishlist
@@ -60,6 +60,7 @@ def _render_batch(args: argparse.Namespace, report: BatchReport) -> None:
 
 def loop(args: argparse.Namespace) -> int:
     """``convert`` every ``--interval`` until SIGTERM/SIGINT; the wish list is re-read each time."""
+    require_rereadable(args.wishlist)
     with _stop_on_signals() as stop, RegistryClient(registry_options(args)) as client:
         while not stop.is_set():
             _loop_cycle(args, client, stop)
@@ -143,7 +144,7 @@ def _render_checks(args: argparse.Namespace, checks: list[_Check]) -> None:
 
 
 def check_image_syntax(args: argparse.Namespace) -> int:
-    """Validate wish lists (files) and references (anything that is not a file)."""
+    """Validate wish lists (``-``, files, pipes) and references (anything else)."""
     checks = [_check_syntax(item, args.strict) for item in args.items]
     _render_checks(args, checks)
     return EXIT_OK if all(check.ok for check in checks) else EXIT_INPUT
@@ -151,8 +152,8 @@ def check_image_syntax(args: argparse.Namespace) -> int:
 
 def _check_syntax(item: str, strict: bool) -> _Check:
     try:
-        if Path(item).is_file():
-            wishlist = load(Path(item), strict=strict)
+        if names_a_file(item):
+            wishlist = read_wishlist(item, strict=strict)
             warnings = "".join(f"\n    warning: {w}" for w in wishlist.warnings)
             count = len(wishlist.wishes)
             images = f"{count} image{'' if count == 1 else 's'}"
@@ -168,6 +169,9 @@ def expand_wildcard(args: argparse.Namespace) -> int:
     options = registry_options(args)
     with RegistryClient(options) as client:
         references = expand_wish(wish, client)
+    if not references:
+        # Empty output alone reads like a failure, or like success with a typo in the pattern.
+        logger.warning("%s matches no tag of %s now", args.reference, reference.repository)
     if args.yaml:
         render.print_text("\n".join(f"  - '{_url_form(ref, options)}'" for ref in references))
     elif args.json:

@@ -35,5 +35,6 @@ def open_publisher(spec: str, *, create: bool = True) -> Publisher:
     opener = _OPENERS.get(backend) if colon else None
     if opener is None:
         supported = ", ".join(f"{name}:<path>" for name in BACKENDS)
-        raise ConfigError(f"unknown publisher {spec!r}: expected one of {supported}")
+        hint = f" (for a plain directory: dir:{spec})" if spec.startswith(("/", ".")) else ""
+        raise ConfigError(f"unknown publisher {spec!r}: expected one of {supported}{hint}")
     return opener(location, create)

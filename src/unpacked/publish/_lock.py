@@ -13,8 +13,9 @@ releasing it, and a ``gc`` polling every 100 ms would starve until its timeout. 
 waiter first takes a second lock, the turnstile, and keeps it while it polls; whoever
 wants the main lock next, the previous holder included, queues at the turnstile.
 
-The holder writes its pid, host and start time into the lock file, so that a process
-that gives up can say whom it waited for.
+The holder writes its pid, host, command and start time into the lock file, so that a
+waiter can say whom it waits for: once, at WARNING, after ``ANNOUNCE_AFTER`` seconds (a
+wait of up to ten minutes must not look like a hang), and again when it gets the lock.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ import fcntl
 import json
 import logging
 import os
+import shlex
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +40,9 @@ logger = logging.getLogger(__name__)
 
 _FIRST_POLL = 0.005
 _LONGEST_POLL = 0.1
+ANNOUNCE_AFTER = 1.0
+"""Seconds of waiting before a waiter says whom it waits for: short waits are normal."""
+_COMMAND_CHARS = 300
 TURNSTILE_SUFFIX = ".turnstile"
 
 # (st_dev, st_ino) of the lock files this thread holds: a thread that asks again
@@ -54,19 +60,25 @@ def _held_here() -> set[tuple[int, int]]:
 
 def _holder_record() -> bytes:
     since = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    record = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
+    command = shlex.join(sys.argv)
+    if len(command) > _COMMAND_CHARS:
+        command = command[: _COMMAND_CHARS - 3] + "..."
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": since}
     return json.dumps(record).encode() + b"\n"
 
 
 def describe_holder(lock_file: Path) -> str:
-    """Who holds the lock, as the holder wrote it: ``"pid 123 on host since 2024-..."``."""
+    """Who holds the lock, as the holder wrote it:
+    ``"pid 123 on host since 2024-..., running: unpacked convert w.yaml"``."""
     try:
         record = json.loads(lock_file.read_bytes() or b"null")
     except (OSError, ValueError):
         record = None
     if not isinstance(record, dict) or "pid" not in record:
         return "an unknown process (it has not written its pid yet)"
-    return f"pid {record['pid']} on {record.get('host', '?')} since {record.get('since', '?')}"
+    command = f", running: {record['command']}" if record.get("command") else ""
+    host, since = record.get("host", "?"), record.get("since", "?")
+    return f"pid {record['pid']} on {host} since {since}{command}"
 
 
 class _Waiter:
@@ -76,7 +88,8 @@ class _Waiter:
         self.lock_file = lock_file
         self.repository = repository
         self.timeout = timeout
-        self.deadline = time.monotonic() + timeout
+        self.started = time.monotonic()
+        self.deadline = self.started + timeout
         self.announced = False
 
     def take(self, fd: int) -> None:
@@ -100,13 +113,23 @@ class _Waiter:
             delay = min(delay * 2, _LONGEST_POLL)
 
     def _announce(self) -> None:
-        if not self.announced:
-            self.announced = True
-            logger.info(
-                "waiting up to %g s for %s, locked by %s",
-                self.timeout,
+        if self.announced or time.monotonic() - self.started < ANNOUNCE_AFTER:
+            return
+        self.announced = True
+        logger.warning(
+            "waiting for the lock of repository %s (%s), held by %s (giving up after %g s)",
+            self.repository,
+            self.lock_file,
+            describe_holder(self.lock_file),
+            self.timeout,
+        )
+
+    def got_it(self) -> None:
+        if self.announced:
+            logger.warning(
+                "got the lock of repository %s after waiting %.1f s",
                 self.repository,
-                describe_holder(self.lock_file),
+                time.monotonic() - self.started,
             )
 
 
@@ -126,6 +149,7 @@ def _take(fd: int, waiter: _Waiter) -> None:
     try:
         waiter.take(turnstile)
         waiter.take(fd)
+        waiter.got_it()
     finally:
         # Closing drops the turnstile lock, whether we got the main lock or gave up.
         os.close(turnstile)

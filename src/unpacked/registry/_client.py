@@ -40,6 +40,7 @@ from ._credentials import Credentials, CredentialStore, discover_auth_file, load
 from ._endpoint import Endpoint, endpoint_for
 from ._errors import Subject
 from ._link import next_link
+from ._nesting import check_not_only_nested
 from ._options import RegistryOptions
 from ._retry import RetryPolicy
 from ._stream import CHUNK_SIZE, BlobStream
@@ -193,6 +194,9 @@ class RegistryClient:
         """
         top = self.get_manifest(ref)
         index = top.content if isinstance(top.content, Index) else None
+        if index is not None:
+            what = f"image {_display(ref)} in registry {ref.registry}"
+            check_not_only_nested(index, top.descriptor.digest, what, platform, self._nested(ref))
         chosen = top if index is None else self._platform_manifest(ref, index, platform)
         manifest = chosen.content
         if not isinstance(manifest, Manifest):
@@ -365,6 +369,13 @@ class RegistryClient:
             fetched.raw,
             fetched.content,
         )
+
+    def _nested(self, ref: Reference) -> Callable[[Descriptor], Index | Manifest]:
+        def fetch(entry: Descriptor) -> Index | Manifest:
+            what = f"image {_display(ref)}: nested index {entry.digest}"
+            return self._fetch_manifest(ref, entry.digest, what, entry.size).content
+
+        return fetch
 
     def _descriptor_from_headers(self, headers: httpx.Headers, what: str) -> Descriptor | None:
         media_type = mediatype.essence(headers.get("Content-Type", ""))

@@ -67,7 +67,7 @@ def discover_auth_file(environ: Mapping[str, str] | None = None) -> Path | None:
     env = os.environ if environ is None else environ
     explicit = env.get("REGISTRY_AUTH_FILE")
     if explicit:
-        if Path(explicit).is_file():
+        if _is_file(Path(explicit)):
             return Path(explicit)
         logger.warning("REGISTRY_AUTH_FILE=%s does not exist; looking elsewhere", explicit)
     candidates = []
@@ -78,7 +78,17 @@ def discover_auth_file(environ: Mapping[str, str] | None = None) -> Path | None:
     home = env.get("HOME")
     if home:
         candidates.append(Path(home) / ".docker" / "config.json")
-    return next((p for p in candidates if p.is_file()), None)
+    return next((p for p in candidates if _is_file(p)), None)
+
+
+def _is_file(path: Path) -> bool:
+    # A place we may not even look into (HOME=/root kept by su, a name too long) is
+    # skipped with a word, as a missing file is, rather than ending in a traceback.
+    try:
+        return path.is_file()
+    except OSError as exc:
+        logger.warning("cannot look for a registry auth file at %s: %s", path, exc.strerror)
+        return False
 
 
 def load_credentials(path: Path | None) -> CredentialStore:

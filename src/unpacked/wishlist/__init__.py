@@ -79,6 +79,7 @@ __all__ = [
     "WishList",
     "WishlistError",
     "load",
+    "load_bytes",
     "loads",
     "render_output_format",
 ]
@@ -95,6 +96,11 @@ def load(path: Path, *, strict: bool = False) -> WishList:
         raise WishlistError(
             [Problem(source, None, None, f"cannot read: {exc.strerror or exc}")]
         ) from exc
+    return load_bytes(data, source=source, strict=strict)
+
+
+def load_bytes(data: bytes, *, source: str, strict: bool = False) -> WishList:
+    """Validate the wish list ``data`` (UTF-8) read from ``source`` (a pipe, standard input)."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
