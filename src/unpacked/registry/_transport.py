@@ -119,13 +119,14 @@ def _release(response: httpx.Response) -> None:
     httpx puts a connection back in its pool only once the response was read to its
     end; closing a streamed one early (a HEAD never read, a manifest whose answer a
     check rejected) drops the connection, and the next request pays a new handshake.
-    A long rest (a blob given up midway) is not worth reading: that connection goes.
+    A long rest (a blob given up midway) is not worth reading, nor can a stream that
+    was partly read be read again: that connection goes.
     """
     try:
-        if not response.is_closed and _short_rest(response):
+        if not response.is_stream_consumed and _short_rest(response):
             for _ in response.iter_raw():
                 pass
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.StreamError) as exc:
         logger.debug("dropping the connection of %s: %s", response.url, exc)
     finally:
         response.close()
