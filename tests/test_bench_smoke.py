@@ -74,3 +74,15 @@ def test_noop_benchmark(tmp_path: Path) -> None:
     assert summary["in_process"]["outcomes"] == {"unchanged": 3}
     assert summary["cli"]["outcomes"] == {"unchanged": 3}
     assert summary["cli"]["median_seconds"] > 0
+
+
+@needs_registry_tools
+def test_noop_cycle_benchmark(tmp_path: Path) -> None:
+    options = ("--count", "3", "--delay", "0.01", "--baseline", "HEAD")
+    summary, _ = run_benchmark("noop_cycle", tmp_path, *options)
+    assert summary["count"] == 3
+    assert len(summary["results"]) == 2
+    for result in summary["results"].values():
+        assert result["median_seconds"] > 0
+        assert result["requests"] == [3]  # one manifest HEAD per image, through the proxy
+        assert 1 <= result["connections"][0] <= 3

@@ -1,23 +1,27 @@
 """Convert a whole wish list: expand wildcards, convert every image, never stop at one failure.
 
-Images of one registry are converted one after another; registries proceed in parallel
-(a bounded pool), so a slow or failing registry does not hold up the others, and the
-registry client's per-registry limits still apply. Every image gets a bounded number
-of attempts with backoff for errors that may pass (network, rate limits, a busy
-repository lock); errors that will not pass (not found, refused, a broken layer) fail
-at once, and once a registry cannot even be connected to, its other images fail
-untried. A stop request (``threading.Event``) is honoured between images, never in
-the middle of publishing one.
+Registries proceed in parallel (a bounded pool), so a slow or failing registry does not
+hold up the others. Within one registry, the first image goes alone, then up to
+``registry_concurrency`` images at once: each is checked (manifest HEAD; a no-op run is
+nothing else) and fetched concurrently, while publishing stays one transaction at a time
+in this process. Every image gets a bounded number of attempts with backoff for errors
+that may pass (network, rate limits, a busy repository lock); errors that will not pass
+(not found, refused, a broken layer) fail at once, and once a registry cannot even be
+connected to, its images not yet started fail untried. A stop request
+(``threading.Event``) is honoured between images, never in the middle of publishing one.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import PurePosixPath
 
 from unpacked import errors
 from unpacked.convert import (
@@ -29,7 +33,7 @@ from unpacked.convert import (
     utc_now,
 )
 from unpacked.platform import DEFAULT, Platform
-from unpacked.publish import Publisher
+from unpacked.publish import Publisher, Transaction
 from unpacked.reference import Reference
 from unpacked.registry import RegistryClient
 from unpacked.wishlist import Wish, WishList
@@ -93,6 +97,13 @@ class BatchOptions:
     backoff: float = 5.0
     """Seconds before the second attempt; doubled for each further one (with jitter)."""
     parallel_registries: int = 4
+    registry_concurrency: int = 8
+    """Images of one registry checked and fetched at once (publishing is one at a time)."""
+
+    def __post_init__(self) -> None:
+        for name in ("parallel_registries", "registry_concurrency"):
+            if getattr(self, name) < 1:
+                raise errors.ConfigError(f"batch option {name} must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -165,7 +176,7 @@ def convert_wishlist(
     by_registry: dict[str, list[Job]] = {}
     for job in jobs:
         by_registry.setdefault(job.reference.registry, []).append(job)
-    runner = _Runner(client, publisher, options, stop, wait)
+    runner = _Runner(client, _OneAtATime(publisher), options, stop, wait)
     workers = max(1, min(options.parallel_registries, len(by_registry)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="registry") as pool:
         batches = list(pool.map(runner.run_all, by_registry.values()))
@@ -196,26 +207,34 @@ class _Runner:
     wait: Callable[[float], bool]
 
     def run_all(self, jobs: list[Job]) -> list[ImageOutcome]:
-        """The images of one registry, in order.
+        """The images of one registry: the first alone, then the rest concurrently.
 
-        Once the registry proved unreachable (no connection, after every attempt), the
-        images left fail at once, untried: each would spend its attempts and backoff on
-        the same wall (minutes per image for a host that drops packets), and hold up the
-        end of the run, hence a service's next cycle, by as much.
+        The first image tells whether the registry answers at all. Once it proved
+        unreachable (no connection, after every attempt), the images not yet started
+        fail at once, untried: each would spend its attempts and backoff on the same
+        wall (minutes per image for a host that drops packets), and hold up the end of
+        the run, hence a service's next cycle, by as much.
         """
-        outcomes = []
-        unreachable: errors.RegistryUnreachableError | None = None
-        for job in jobs:
-            if self.stop.is_set():
-                break
-            if unreachable is not None:
-                outcomes.append(self._not_tried(job, unreachable))
-                continue
-            outcome, error = self.run(job)
-            outcomes.append(outcome)
-            if isinstance(error, errors.RegistryUnreachableError):
-                unreachable = error
-        return outcomes
+        if not jobs:
+            return []
+        state = _RegistryState()
+        first = self._run_one(jobs[0], state)
+        workers = max(1, min(self.options.registry_concurrency, len(jobs) - 1))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="image") as pool:
+            rest = list(pool.map(functools.partial(self._run_one, state=state), jobs[1:]))
+        return [outcome for outcome in (first, *rest) if outcome is not None]
+
+    def _run_one(self, job: Job, state: _RegistryState) -> ImageOutcome | None:
+        """The image's outcome; None when a stop request came before it started."""
+        if self.stop.is_set():
+            return None
+        unreachable = state.unreachable
+        if unreachable is not None:
+            return self._not_tried(job, unreachable)
+        outcome, error = self.run(job)
+        if isinstance(error, errors.RegistryUnreachableError):
+            state.unreachable = error
+        return outcome
 
     def run(self, job: Job) -> tuple[ImageOutcome, errors.UnpackedError | None]:
         """The image's outcome, and the error it failed with, if it did."""
@@ -279,6 +298,40 @@ class _Runner:
             "%s: attempt %d failed (%s); retrying in %.0f s", job.label, attempt, exc, delay
         )
         return self.wait(delay)  # a stop request ends the retries
+
+
+@dataclass
+class _RegistryState:
+    """What the images of one registry learn from each other (assignments are atomic)."""
+
+    unreachable: errors.RegistryUnreachableError | None = None
+
+
+class _OneAtATime(Publisher):
+    """``publisher`` with its transactions (and lock holds) taking turns between this
+    process's threads: the repository lock keeps other processes out, not our threads,
+    and one image's download and unpacking inside its transaction is already parallel."""
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self.spec = publisher.spec
+        self.root = publisher.root
+        self._turn = threading.Lock()
+
+    @contextmanager
+    def transaction(
+        self, *, lease: PurePosixPath | None = None, lock_timeout: float = 600.0
+    ) -> Iterator[Transaction]:
+        with (
+            self._turn,
+            self._publisher.transaction(lease=lease, lock_timeout=lock_timeout) as tx,
+        ):
+            yield tx
+
+    @contextmanager
+    def locked(self, *, lock_timeout: float = 600.0) -> Iterator[None]:
+        with self._turn, self._publisher.locked(lock_timeout=lock_timeout):
+            yield
 
 
 def _options_for(job: Job, base: ConvertOptions) -> ConvertOptions:

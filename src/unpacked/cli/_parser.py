@@ -121,6 +121,14 @@ def _add_wishlist_commands(sub: argparse._SubParsersAction[argparse.ArgumentPars
             help="attempts per image, with backoff, for errors that may pass (default: "
             "%(default)s); each attempt's requests are retried by the registry client too",
         )
+        parser.add_argument(
+            "--registry-concurrency",
+            type=positive_int,
+            default=8,
+            metavar="N",
+            help="images of one registry checked at once, and requests in flight to it "
+            "(default: %(default)s); publishing is one image at a time",
+        )
         _json_option(parser)
         add_registry_options(parser)
     sub.choices["convert"].add_argument(

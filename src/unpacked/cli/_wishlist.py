@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import FrameType
@@ -35,7 +37,17 @@ def _load_wishlist(args: argparse.Namespace) -> WishList:
 
 
 def _batch_options(args: argparse.Namespace) -> BatchOptions:
-    return BatchOptions(convert=convert_options(args), attempts=args.attempts)
+    return BatchOptions(
+        convert=convert_options(args),
+        attempts=args.attempts,
+        registry_concurrency=args.registry_concurrency,
+    )
+
+
+def _client_options(args: argparse.Namespace) -> RegistryOptions:
+    """The registry options, with as many requests in flight per registry as images
+    checked at once: each check is one request, on a connection of its own."""
+    return replace(registry_options(args), max_concurrency=args.registry_concurrency)
 
 
 def convert(args: argparse.Namespace) -> int:
@@ -43,7 +55,7 @@ def convert(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(args, wishlist)
     publisher = publisher_for(args.repo, wishlist.repository)
-    with RegistryClient(registry_options(args)) as client, _stop_on_signals() as stop:
+    with RegistryClient(_client_options(args)) as client, _stop_on_signals() as stop:
         report = convert_wishlist(
             wishlist, client=client, publisher=publisher, options=_batch_options(args), stop=stop
         )
@@ -61,7 +73,7 @@ def _render_batch(args: argparse.Namespace, report: BatchReport) -> None:
 def loop(args: argparse.Namespace) -> int:
     """``convert`` every ``--interval`` until SIGTERM/SIGINT; the wish list is re-read each time."""
     require_rereadable(args.wishlist)
-    with _stop_on_signals() as stop, RegistryClient(registry_options(args)) as client:
+    with _stop_on_signals() as stop, RegistryClient(_client_options(args)) as client:
         while not stop.is_set():
             _loop_cycle(args, client, stop)
             if stop.wait(args.interval):
@@ -112,26 +124,46 @@ class _Check:
 
 
 def _dry_run(args: argparse.Namespace, wishlist: WishList) -> int:
-    """Every image exists in its registry (manifest HEAD; a wildcard lists its tags)."""
-    with RegistryClient(registry_options(args)) as client:
-        checks = [_check_wish(client, wish) for wish in wishlist.wishes]
+    """Every image exists in its registry (manifest HEAD; a wildcard lists its tags, then
+    HEADs each matched tag, ``--registry-concurrency`` at a time)."""
+    with RegistryClient(_client_options(args)) as client:
+        checks = [_check_wish(client, wish, args.registry_concurrency) for wish in wishlist.wishes]
     _render_checks(args, checks)
     pairs = zip(checks, wishlist.wishes, strict=True)
     failed = [check for check, wish in pairs if not check.ok and not wish.ignore_errors]
     return EXIT_FAILURE if failed else EXIT_OK
 
 
-def _check_wish(client: RegistryClient, wish: Wish) -> _Check:
+def _check_wish(client: RegistryClient, wish: Wish, concurrency: int) -> _Check:
     try:
         if wish.reference.is_wildcard:
-            matches = expand_wish(wish, client)
-            if not matches:
-                return _Check(wish.text, wish.line, False, "the wildcard matches no tag")
-            return _Check(wish.text, wish.line, True, f"{len(matches)} tags")
+            return _check_wildcard(client, wish, concurrency)
         descriptor = client.head_manifest(wish.reference)
     except errors.UnpackedError as exc:
         return _Check(wish.text, wish.line, False, str(exc))
     return _Check(wish.text, wish.line, True, str(descriptor.digest))
+
+
+def _check_wildcard(client: RegistryClient, wish: Wish, concurrency: int) -> _Check:
+    """A listed tag may still have no manifest (deleted since, or a broken push)."""
+    matches = expand_wish(wish, client)
+    if not matches:
+        return _Check(wish.text, wish.line, False, "the wildcard matches no tag")
+    head = functools.partial(_head_error, client)
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(matches))) as pool:
+        failures = [error for error in pool.map(head, matches) if error is not None]
+    if failures:
+        detail = f"{len(failures)} of {len(matches)} tags fail: " + "; ".join(failures)
+        return _Check(wish.text, wish.line, False, detail)
+    return _Check(wish.text, wish.line, True, f"{len(matches)} tags")
+
+
+def _head_error(client: RegistryClient, reference: Reference) -> str | None:
+    try:
+        client.head_manifest(reference)
+    except errors.UnpackedError as exc:
+        return str(exc)
+    return None
 
 
 def _render_checks(args: argparse.Namespace, checks: list[_Check]) -> None:

@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 _MAX_ERROR_BODY = 64 * 1024
+_MAX_DRAIN = 64 * 1024
+"""Unread response bytes we read to keep the connection: beyond this, closing it is cheaper."""
+KEEPALIVE_ENDPOINTS = 4
+"""Endpoints whose connections the pool keeps at once (the registries a batch converts in
+parallel): each may keep ``max_concurrency`` idle connections."""
 
 
 def _ssl_context(ca_bundle: Path | None) -> ssl.SSLContext:
@@ -60,6 +65,12 @@ class HttpSession:
             # Environment proxies would override an injected transport.
             trust_env=transport is None,
             verify=_ssl_context(options.ca_bundle) if transport is None else True,
+            # Every request in flight to an endpoint may come back to a kept connection:
+            # one TCP (and TLS) handshake per slot, not one per request.
+            limits=httpx.Limits(
+                max_connections=None,
+                max_keepalive_connections=options.max_concurrency * KEEPALIVE_ENDPOINTS,
+            ),
         )
         self._lock = threading.Lock()
         self._slots: dict[str, threading.BoundedSemaphore] = {}
@@ -99,7 +110,33 @@ class HttpSession:
             except httpx.HTTPError as exc:
                 raise transport_error(exc, subject) from exc
             finally:
-                response.close()
+                _release(response)
+
+
+def _release(response: httpx.Response) -> None:
+    """Close ``response``, reading what is left of a short one first.
+
+    httpx puts a connection back in its pool only once the response was read to its
+    end; closing a streamed one early (a HEAD never read, a manifest whose answer a
+    check rejected) drops the connection, and the next request pays a new handshake.
+    A long rest (a blob given up midway) is not worth reading, nor can a stream that
+    was partly read be read again: that connection goes.
+    """
+    try:
+        if not response.is_stream_consumed and _short_rest(response):
+            for _ in response.iter_raw():
+                pass
+    except (httpx.HTTPError, httpx.StreamError) as exc:
+        logger.debug("dropping the connection of %s: %s", response.url, exc)
+    finally:
+        response.close()
+
+
+def _short_rest(response: httpx.Response) -> bool:
+    if response.request.method == "HEAD" or response.status_code in (204, 304):
+        return True
+    declared = response.headers.get("Content-Length", "")
+    return declared.isdigit() and int(declared) - response.num_bytes_downloaded <= _MAX_DRAIN
 
 
 def _check_status(response: httpx.Response, subject: Subject) -> None:
