@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from unpacked.convert._layer_records import LayerWork
 from unpacked.digest import Digest
 from unpacked.errors import BlobAbandoned
-from unpacked.layers import ApplyReport, UnpackPool, abandon
+from unpacked.layers import ApplyReport, UnpackPool, abandon, discard, is_abandoned
 from unpacked.publish import Transaction
 from unpacked.registry import BlobStream
 
@@ -27,10 +27,11 @@ BlobHook = Callable[[LayerWork, Path], None]
 class Downloads:
     """Blobs downloaded in parallel (a bounded pool of threads) to scratch files, verified.
 
-    ``on_start`` runs in the download thread as soon as a blob's file exists, so that it
-    can be read as it grows (``GrowingBlob``). If that download restarts (into a new
-    file) or fails, the file is abandoned (``abandon``) and its reader stops;
-    ``wait`` returns the finished, verified file.
+    ``on_start`` runs in the download thread as soon as a blob's first file exists, so
+    that it can be read as it grows (``GrowingBlob``). If that download restarts (into a
+    new file) or fails, the file is abandoned (``abandon``): its reader stops, and removes
+    it (``AheadOfOrder``), or the transaction's end does; a file nobody reads is removed
+    at once. ``wait`` returns the finished, verified file.
     """
 
     def __init__(
@@ -63,11 +64,17 @@ class Downloads:
         job = self._job
         attempts: list[Path] = []
 
+        def give_up(path: Path) -> None:
+            if len(attempts) == 1 and self._on_start is not None:
+                abandon(path)  # the reader may not even have opened it yet
+            else:
+                path.unlink(missing_ok=True)
+
         def consume(stream: BlobStream) -> Path:
             # Restartable: each attempt writes a file of its own, from the first byte; a
             # reader of an earlier one is told to stop.
             if attempts:
-                abandon(attempts[-1])
+                give_up(attempts[-1])
             path = self._scratch / f"blob-{descriptor.digest.hex}-{len(attempts)}"
             attempts.append(path)
             with open(path, "wb") as out:
@@ -84,7 +91,7 @@ class Downloads:
             return job.client.fetch_blob(job.reference, descriptor, consume)
         except BaseException:
             if attempts:
-                abandon(attempts[-1])
+                give_up(attempts[-1])
             raise
 
 
@@ -120,9 +127,9 @@ class AheadOfOrder:
 
     def _unpacked(self, future: Future[ApplyReport], blob: Path) -> None:
         """Runs when a worker is done with a layer (in the pool's thread)."""
-        if not future.cancelled() and future.exception() is None:
+        if is_abandoned(blob) or (not future.cancelled() and future.exception() is None):
             # Kept for an unpacking in order otherwise; gone before it is flushed.
-            blob.unlink(missing_ok=True)
+            discard(blob)
         # The layer's files may go to disk while the CPU works on the others.
         self._tx.write_ahead()
 
