@@ -20,7 +20,8 @@ boundary where they occur, so callers and the CLI only ever see this tree::
     ├── LayerError                     a layer cannot be applied
     │   └── UnsafeLayerError           an entry tries to leave the target directory
     ├── PublishError                   a repository transaction failed (nothing was published)
-    │   └── RepositoryLockedError      another process holds the repository lock too long
+    │   ├── RepositoryLockedError      another process holds the repository lock too long
+    │   └── RepositoryFullError        the repository's file system is full (or over quota)
     └── ConfigError                    bad configuration (auth file, options)
 
 Each error's message names the culprit (the reference, the blob digest, the
@@ -114,6 +115,10 @@ class PublishError(UnpackedError):
 
 class RepositoryLockedError(PublishError):
     """Another process held the repository lock for longer than we were willing to wait."""
+
+
+class RepositoryFullError(PublishError):
+    """The repository's file system ran out of space or quota; nothing was published."""
 
 
 @dataclass(frozen=True)

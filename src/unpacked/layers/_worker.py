@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import pickle
 import signal
@@ -55,6 +56,15 @@ def unpack(arguments: tuple[str, str, str, str, str, int | None]) -> ApplyReport
         )
 
 
+def _portable(exc: Exception) -> Exception:
+    """``exc``, or what caused it when that matters to the parent: a pickled exception
+    loses its ``__cause__``, and a full disk must still be told from a bad layer."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OSError(cause.errno, f"{exc} ({cause.strerror})", cause.filename)
+    return exc
+
+
 def _answer(replies: IO[bytes], ok: bool, value: object) -> None:
     try:
         data = pickle.dumps((ok, value), protocol=pickle.HIGHEST_PROTOCOL)
@@ -73,7 +83,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
         try:
             report = unpack(arguments)
         except Exception as exc:  # every error goes back to the parent
-            _answer(replies, False, exc)
+            _answer(replies, False, _portable(exc))
         else:
             _answer(replies, True, report)
 

