@@ -23,6 +23,7 @@ from support.oci import TarEntry, build_image, tar_bytes
 from support.registry import RegistryServer
 from support.samples import SampleImage
 from unpacked import cli
+from unpacked.layers import SizeLimit
 
 PushImage = Callable[..., SampleImage]
 AS_ROOT = os.geteuid() == 0
@@ -123,4 +124,49 @@ def test_a_full_file_system_is_exit_9_naming_it(  # noqa: PLR0917 - fixtures
     assert f"file system ({small_tmpfs}, holding {root}) is full" in err
     assert "the image needs about" in err and "is free" in err
     assert "nothing was published" in err
+    assert_nothing_published(root)
+
+
+# --- a decompression bomb ----------------------------------------------------------
+
+
+def test_the_default_layer_size_limit_is_relative_and_capped() -> None:
+    limit = SizeLimit()
+    assert limit.for_blob(1000) == 1 << 30, "at least 1 GiB"
+    assert limit.for_blob(100 << 20) == 10_000 << 20, "100 times the compressed size"
+    assert limit.for_blob(10 << 30) == 64 << 30, "at most 64 GiB"
+    assert SizeLimit(fixed=5).for_blob(10 << 30) == 5
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_layer_decompressing_past_the_limit_is_a_layer_error(
+    registry: RegistryServer,
+    push_image: PushImage,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    workers: str,
+) -> None:
+    """32 MiB of zeros in a 32 KiB gzip, 4 MiB allowed: stopped at the limit, not at the
+    end of the disk, with exit 8 naming the image, the layer and the limit."""
+    bomb = tar_bytes([TarEntry.file("zeros", b"\0" * (32 << 20))])
+    pushed = push_layers(
+        push_image, tmp_path, [tar_bytes([random_file("base", 4096, 3)]), bomb], "faults/bomb:1"
+    )
+    root = tmp_path / "repo"
+    reference = f"{registry.host}/faults/bomb:1"
+    code, err = run(
+        capsys,
+        "convert-single-image",
+        reference,
+        "--repo",
+        f"dir:{root}",
+        "--unpack-workers",
+        workers,
+        "--max-layer-size",
+        "4M",
+    )
+    assert code == 8, err
+    assert f"layer {pushed.layer_digests[1]} (2/2 of {reference})" in err
+    assert "decompresses to more than the limit of 4194304 bytes (--max-layer-size)" in err
+    assert "Traceback" not in err
     assert_nothing_published(root)

@@ -18,7 +18,8 @@ boundary where they occur, so callers and the CLI only ever see this tree::
     ├── VerificationError              bytes that do not match their digest or size
     ├── WishlistError                  a wish list cannot be used (every problem, with lines)
     ├── LayerError                     a layer cannot be applied
-    │   └── UnsafeLayerError           an entry tries to leave the target directory
+    │   ├── UnsafeLayerError           an entry tries to leave the target directory
+    │   └── LayerTooLargeError         a layer decompresses to more than its size limit
     ├── PublishError                   a repository transaction failed (nothing was published)
     │   ├── RepositoryLockedError      another process holds the repository lock too long
     │   └── RepositoryFullError        the repository's file system is full (or over quota)
@@ -90,6 +91,10 @@ class LayerError(UnpackedError):
 
 class UnsafeLayerError(LayerError):
     """A layer entry would create, change or follow something outside the target."""
+
+
+class LayerTooLargeError(LayerError):
+    """A layer decompresses to more than the limit set for it (a decompression bomb?)."""
 
 
 class UnpackWorkerDied(LayerError):

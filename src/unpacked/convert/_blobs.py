@@ -121,6 +121,7 @@ class AheadOfOrder:
             item.layerfs,
             name=self._job.layer_name(item),
             size=item.descriptor.size,
+            bound=self._job.bound(item),
         )
         future.add_done_callback(lambda done: self._unpacked(done, blob))
         self._futures[digest] = future

@@ -1,6 +1,6 @@
 """The worker process of ``UnpackPool``: ``python -m unpacked.layers._worker PARENT_PID``.
 
-Reads pickled calls ``(blob, media type, diff_id, layer directory, name, size)``
+Reads pickled calls ``(blob, media type, diff_id, layer directory, name, size, bound)``
 from stdin (``size``: the blob is still being downloaded, read it as it grows) and
 answers each with a pickled ``(True, ApplyReport)`` or ``(False, exception)`` on
 stdout, until stdin closes. Its parent is the unpacked process, which it does not
@@ -38,8 +38,10 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(1)
 
 
-def unpack(arguments: tuple[str, str, str, str, str, int | None]) -> ApplyReport:
-    blob, media_type, diff_id, root, name, size = arguments
+def unpack(
+    arguments: tuple[str, str, str, str, str, int | None, tuple[int, str] | None],
+) -> ApplyReport:
+    blob, media_type, diff_id, root, name, size, bound = arguments
     with contextlib.ExitStack() as stack:
         if size is None:
             stream: Readable = stack.enter_context(open(blob, "rb"))
@@ -53,6 +55,7 @@ def unpack(arguments: tuple[str, str, str, str, str, int | None]) -> ApplyReport
             target=Target.LAYERFS,
             defer_lower=True,
             name=name,
+            bound=bound,
         )
 
 
