@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from support.faultproxy import Fault, FaultProxy
 from support.oci import TarEntry, build_image, tar_bytes
 from support.registry import RegistryServer
 from support.samples import SampleImage
+from support.tree import assert_trees_equal
 from unpacked import cli
 from unpacked.layers import SizeLimit
 
@@ -169,4 +171,113 @@ def test_a_layer_decompressing_past_the_limit_is_a_layer_error(
     assert f"layer {pushed.layer_digests[1]} (2/2 of {reference})" in err
     assert "decompresses to more than the limit of 4194304 bytes (--max-layer-size)" in err
     assert "Traceback" not in err
+    assert_nothing_published(root)
+
+
+# --- the fault proxy in front of the real registry ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_layers(
+    registry: RegistryServer, push_image: PushImage, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[SampleImage, Path]:
+    """A two-layer image, and its repository converted straight from the registry."""
+    layers = [
+        tar_bytes([random_file(f"base/f{i}", 40_000, 10 + i) for i in range(3)]),
+        tar_bytes([random_file("top/f", 30_000, 20), TarEntry.whiteout("base/f1")]),
+    ]
+    workdir = tmp_path_factory.mktemp("two-layers")
+    pushed = push_layers(push_image, workdir, layers, "faults/two:1")
+    expected = workdir / "expected"
+    code = cli.main(
+        ["convert-single-image", f"{registry.host}/faults/two:1", "--repo", f"dir:{expected}"]
+    )
+    assert code == 0
+    return pushed, expected
+
+
+def convert_through(
+    proxy: FaultProxy, root: Path, capsys: pytest.CaptureFixture[str], *options: str
+) -> tuple[int, str]:
+    return run(
+        capsys,
+        "convert-single-image",
+        f"{proxy.host}/faults/two:1",
+        "--repo",
+        f"dir:{root}",
+        "--timeout",
+        "2",
+        *options,
+    )
+
+
+def assert_same_images(expected: Path, root: Path) -> None:
+    """The same flat tree and layers as a conversion without faults."""
+    flats = [path for path in expected.glob(".flat/*/*") if path.is_dir()]
+    for tree in [*flats, *expected.glob(".layers/*/*/layerfs")]:
+        assert_trees_equal(tree, root / tree.relative_to(expected))
+    transactions = root / ".unpacked" / "transactions"
+    assert not transactions.exists() or os.listdir(transactions) == []
+
+
+_PASSING = [
+    Fault.RESET,
+    Fault.TRUNCATE,
+    Fault.ERROR_5XX,
+    Fault.TOO_MANY,
+    Fault.SLOW,
+    Fault.STALL,
+    Fault.HANG,
+]
+
+
+# With workers, each fault hits a blob a worker follows as it downloads; without, one.
+@pytest.mark.parametrize(
+    ("fault", "workers"),
+    [*((fault, "2") for fault in _PASSING), (Fault.RESET, "1")],
+    ids=lambda value: value.value if isinstance(value, Fault) else f"workers-{value}",
+)
+def test_a_fault_that_passes_is_retried_and_the_image_is_right(  # noqa: PLR0917 - fixtures
+    registry: RegistryServer,
+    two_layers: tuple[SampleImage, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    fault: Fault,
+    workers: str,
+) -> None:
+    pushed, expected = two_layers
+    root = tmp_path / "repo"
+    first_layer = pushed.layer_digests[0]
+    with FaultProxy(registry.url, fault, times=1, match=first_layer) as proxy:
+        code, err = convert_through(proxy, root, capsys, "--unpack-workers", workers)
+    assert code == 0, err
+    assert proxy.injected == 1
+    assert "Traceback" not in err
+    # The links name the proxy's host: compare the trees they point at.
+    assert_same_images(expected, root)
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        (Fault.FLIP, "expected sha256:"),
+        (Fault.WRONG_LENGTH, "bytes, expected"),
+    ],
+    ids=lambda value: value.value if isinstance(value, Fault) else "",
+)
+def test_a_corrupt_blob_is_a_verification_error_and_publishes_nothing(  # noqa: PLR0917
+    registry: RegistryServer,
+    two_layers: tuple[SampleImage, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    fault: Fault,
+    message: str,
+) -> None:
+    pushed, _ = two_layers
+    root = tmp_path / "repo"
+    with FaultProxy(registry.url, fault, times=None) as proxy:
+        code, err = convert_through(proxy, root, capsys)
+    assert code == 7, err
+    assert "Traceback" not in err
+    assert message in err and any(d in err for d in (*pushed.layer_digests, pushed.config_digest))
     assert_nothing_published(root)
