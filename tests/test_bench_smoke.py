@@ -74,3 +74,13 @@ def test_noop_benchmark(tmp_path: Path) -> None:
     assert summary["in_process"]["outcomes"] == {"unchanged": 3}
     assert summary["cli"]["outcomes"] == {"unchanged": 3}
     assert summary["cli"]["median_seconds"] > 0
+
+
+@needs_registry_tools
+def test_faults_benchmark(tmp_path: Path) -> None:
+    summary, output = run_benchmark(
+        "faults", tmp_path, "--layers", "2", "--timeout", "0.5", "--repeat", "1"
+    )
+    assert "median to give up" in output
+    assert summary["median_seconds"] > 0
+    assert "did not answer in time" in summary["message"]

@@ -281,3 +281,35 @@ def test_a_corrupt_blob_is_a_verification_error_and_publishes_nothing(  # noqa: 
     assert "Traceback" not in err
     assert message in err and any(d in err for d in (*pushed.layer_digests, pushed.config_digest))
     assert_nothing_published(root)
+
+
+def test_once_a_layer_failed_for_good_the_others_are_not_retried(
+    registry: RegistryServer,
+    push_image: PushImage,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The top layer is corrupt (final), the base one hangs: the base's first attempt
+    times out and is not tried again (it was, four more times: 59 s instead of 25 with
+    every blob hanging, ``bench/faults.py``), and the error is the corrupt layer's."""
+    layers = [tar_bytes([random_file("base", 5000, 30)]), tar_bytes([random_file("top", 50, 31)])]
+    pushed = push_layers(push_image, tmp_path, layers, "faults/cancel:1")
+    base, top = (digest.partition(":")[2] for digest in pushed.layer_digests)
+    root = tmp_path / "repo"
+    with (
+        FaultProxy(registry.url, Fault.HANG, times=None, match=base) as hanging,
+        FaultProxy(f"http://{hanging.host}", Fault.FLIP, times=None, match=top) as proxy,
+    ):
+        code, err = run(
+            capsys,
+            "convert-single-image",
+            f"{proxy.host}/faults/cancel:1",
+            "--repo",
+            f"dir:{root}",
+            "--timeout",
+            "2",
+        )
+        assert code == 7, err
+        assert f"expected sha256:{top}" in err
+        assert hanging.injected == 1, "the hanging layer was not retried"
+    assert_nothing_published(root)

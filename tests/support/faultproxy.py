@@ -2,8 +2,9 @@
 
 ``FaultProxy(upstream, fault, times=1, match="/blobs/")`` forwards every request to
 ``upstream`` (e.g. the ``registry`` fixture's URL), and answers the first ``times``
-GETs whose path contains ``match`` with ``fault`` instead (``times=None``: all of
-them). The client is pointed at ``proxy.host`` instead of the registry's host.
+GETs whose path contains ``match`` (or one of several) with ``fault`` instead
+(``times=None``: all of them). The client is pointed at ``proxy.host`` instead of
+the registry's host.
 
 Faults (``Fault``):
 
@@ -53,14 +54,14 @@ class FaultProxy:
         fault: Fault,
         *,
         times: int | None = 1,
-        match: str = "/blobs/",
+        match: str | tuple[str, ...] = "/blobs/",
         stall_seconds: float = 3.0,
     ) -> None:
         parts = urlsplit(upstream)
         assert parts.hostname is not None and parts.port is not None
         self.upstream = (parts.hostname, parts.port)
         self.fault = fault
-        self.match = match
+        self.match = (match,) if isinstance(match, str) else match
         self.stall_seconds = stall_seconds
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -94,7 +95,8 @@ class FaultProxy:
         """The fault for this request, if it gets one (counted)."""
         with self._lock:
             self.requests.append((method, path))
-            if method != "GET" or self.match not in path or self._left == 0:
+            matched = any(part in path for part in self.match)
+            if method != "GET" or not matched or self._left == 0:
                 return None
             if self._left is not None:
                 self._left -= 1

@@ -4,6 +4,8 @@ the job in order once downloaded."""
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +26,11 @@ _CHUNK = 1 << 20
 BlobHook = Callable[[LayerWork, Path], None]
 
 
+class _Cancelled(Exception):
+    """Another download failed for good: this one stops (``Downloads.wait`` raises that
+    failure instead)."""
+
+
 class Downloads:
     """Blobs downloaded in parallel (a bounded pool of threads) to scratch files, verified.
 
@@ -32,6 +39,10 @@ class Downloads:
     new file) or fails, the file is abandoned (``abandon``): its reader stops, and removes
     it (``AheadOfOrder``), or the transaction's end does; a file nobody reads is removed
     at once. ``wait`` returns the finished, verified file.
+
+    Once one download has failed for good (or the job failed), the image cannot be
+    published: the others stop at once, between two chunks or instead of their next
+    retry, and those not started never start.
     """
 
     def __init__(
@@ -40,6 +51,9 @@ class Downloads:
         self._job = job
         self._scratch = tx.scratch_dir()
         self._on_start = on_start
+        self._failed = threading.Event()
+        self._lock = threading.Lock()
+        self._failure: BaseException | None = None
         self._pool = ThreadPoolExecutor(
             max_workers=job.options.download_workers, thread_name_prefix="download"
         )
@@ -52,47 +66,67 @@ class Downloads:
     def __enter__(self) -> Downloads:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        # On failure, queued downloads are cancelled; running ones end with their stream.
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is not None:
+            self._failed.set()  # nothing downloaded now would be used
+        # Queued downloads are cancelled; running ones end at their next chunk or retry.
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def wait(self, digest: Digest) -> Path:
-        return self._futures[digest].result()
+        try:
+            return self._futures[digest].result()
+        except Exception as exc:
+            with self._lock:
+                failure = self._failure
+            if failure is not None and failure is not exc:
+                # Cancelled, or failed once cancelled: the failure that cancelled it counts.
+                raise failure from None
+            raise
 
     def _fetch(self, item: LayerWork) -> Path:
-        descriptor = item.descriptor
-        job = self._job
+        if self._failed.is_set():
+            raise _Cancelled(f"layer {self._job.layer_name(item)}: download cancelled")
         attempts: list[Path] = []
-
-        def give_up(path: Path) -> None:
-            if len(attempts) == 1 and self._on_start is not None:
-                abandon(path)  # the reader may not even have opened it yet
-            else:
-                path.unlink(missing_ok=True)
-
-        def consume(stream: BlobStream) -> Path:
-            # Restartable: each attempt writes a file of its own, from the first byte; a
-            # reader of an earlier one is told to stop.
-            if attempts:
-                give_up(attempts[-1])
-            path = self._scratch / f"blob-{descriptor.digest.hex}-{len(attempts)}"
-            attempts.append(path)
-            with open(path, "wb") as out:
-                if len(attempts) == 1 and self._on_start is not None:
-                    self._on_start(item, path)
-                done = 0
-                while chunk := stream.read(_CHUNK):
-                    out.write(chunk)
-                    done += len(chunk)
-                    job.report(descriptor.digest, "download", done, descriptor.size)
-            return path
-
+        consume = functools.partial(self._consume, item, attempts)
         try:
-            return job.client.fetch_blob(job.reference, descriptor, consume)
-        except BaseException:
+            return self._job.client.fetch_blob(
+                self._job.reference, item.descriptor, consume, self._failed
+            )
+        except BaseException as exc:
             if attempts:
-                give_up(attempts[-1])
+                self._give_up(attempts)
+            with self._lock:
+                if not self._failed.is_set():
+                    self._failure = exc
+                    self._failed.set()
             raise
+
+    def _give_up(self, attempts: list[Path]) -> None:
+        """The latest attempt's file will never be complete."""
+        if len(attempts) == 1 and self._on_start is not None:
+            abandon(attempts[0])  # its reader may not even have opened it yet
+        else:
+            attempts[-1].unlink(missing_ok=True)
+
+    def _consume(self, item: LayerWork, attempts: list[Path], stream: BlobStream) -> Path:
+        # Restartable: each attempt writes a file of its own, from the first byte; a
+        # reader of an earlier one is told to stop.
+        descriptor = item.descriptor
+        if attempts:
+            self._give_up(attempts)
+        path = self._scratch / f"blob-{descriptor.digest.hex}-{len(attempts)}"
+        attempts.append(path)
+        with open(path, "wb") as out:
+            if len(attempts) == 1 and self._on_start is not None:
+                self._on_start(item, path)
+            done = 0
+            while chunk := stream.read(_CHUNK):
+                if self._failed.is_set():
+                    raise _Cancelled(f"layer {self._job.layer_name(item)}: download cancelled")
+                out.write(chunk)
+                done += len(chunk)
+                self._job.report(descriptor.digest, "download", done, descriptor.size)
+        return path
 
 
 class AheadOfOrder:
