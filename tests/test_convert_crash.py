@@ -431,7 +431,7 @@ def test_concurrent_conversions_into_one_repository(
 
 @pytest.mark.parametrize(
     ("moment", "workers"),
-    [("while-a-blob-hangs", "2"), ("in-its-retry", "1"), ("in-its-retry", "2")],
+    [("while-a-blob-hangs", "1"), ("in-its-retry", "2")],
 )
 def test_killed_during_a_retry_leaves_old(
     scenario: Scenario, registry: RegistryServer, tmp_path: Path, moment: str, workers: str
