@@ -86,3 +86,12 @@ def test_noop_cycle_benchmark(tmp_path: Path) -> None:
         assert result["median_seconds"] > 0
         assert result["requests"] == [3]  # one manifest HEAD per image, through the proxy
         assert 1 <= result["connections"][0] <= 3
+
+
+def test_faults_benchmark(tmp_path: Path) -> None:
+    summary, output = run_benchmark(
+        "faults", tmp_path, "--layers", "2", "--timeout", "0.5", "--repeat", "1"
+    )
+    assert "median to give up" in output
+    assert summary["median_seconds"] > 0
+    assert "did not answer in time" in summary["message"]

@@ -632,6 +632,49 @@ def test_a_restarted_download_unpacks_its_layer_again_from_the_finished_blob(  #
     assert_no_staging(root)
 
 
+def test_a_worker_that_opens_an_abandoned_blob_late_unpacks_it_again(
+    registry: RegistryServer,
+    push_image: PushImage,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A worker busy elsewhere (or a loaded CPU) opens a blob's first file only after its
+    download restarted: the file must still be there, abandoned, not removed under it
+    (it was: ``FileNotFoundError`` and a traceback, 3 runs in 43 under load)."""
+    layers = [files_layer("base", 4, 30_000, seed=93), files_layer("top", 3, 2_000, seed=94)]
+    pushed = build_and_push(push_image, tmp_path / "oci", layers, "convert/late:1")
+    reference = ref_of(registry, "convert/late:1")
+    late = Path()
+    call = unpack_pool.UnpackPool._call
+
+    def call_after_the_restart(pool: UnpackPool, arguments: tuple[Any, ...], name: str) -> Any:
+        nonlocal late
+        blob = Path(str(arguments[0]))
+        if blob.name.startswith(f"blob-{hexpart(pushed.layer_digests[0])}-"):
+            late = blob
+            deadline = time.monotonic() + 10
+            while not blob.with_name(blob.name + ".abandoned").exists():
+                assert time.monotonic() < deadline, "the download never restarted"
+                time.sleep(0.01)
+        return call(pool, arguments, name)
+
+    monkeypatch.setattr(unpack_pool.UnpackPool, "_call", call_after_the_restart)
+    cutting = CutFirstBlob(pushed.layer_digests[0], 0.0)
+    root = tmp_path / "repo"
+    with caplog.at_level(logging.INFO, logger=convert_job.__name__):
+        result = convert(reference, root, transport=cutting, unpack_workers=2)
+    assert (result.outcome, cutting.cut) == (Outcome.ADDED, 1)
+    assert late.name, "a worker followed the first download"
+    assert "unpacking the layer again, from the finished blob" in caplog.text
+    assert not late.exists(), "the abandoned file is removed once its reader is done"
+    expected = tmp_path / "expected"
+    convert(reference, expected, unpack_workers=1)
+    flat = flat_dir(expected, pushed.config_digest)
+    assert_trees_equal(flat, root / flat.relative_to(expected))
+    assert_no_staging(root)
+
+
 # --- 3: layout and records ----------------------------------------------------------
 
 

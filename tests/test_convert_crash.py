@@ -33,6 +33,7 @@ from typing import Any
 
 import pytest
 
+from support.faultproxy import Fault, FaultProxy
 from support.oci import TarEntry, build_image, tar_bytes
 from support.registry import RegistryServer
 from support.samples import SampleImage
@@ -426,3 +427,44 @@ def test_concurrent_conversions_into_one_repository(
         h = image.config_digest.partition(":")[2]
         link = root / registry.host / f"{image.repository}:{image.tag}"
         assert os.path.realpath(link) == str(root / ".flat" / h[:2] / h)
+
+
+@pytest.mark.parametrize(
+    ("moment", "workers"),
+    [("while-a-blob-hangs", "1"), ("in-its-retry", "2")],
+)
+def test_killed_during_a_retry_leaves_old(
+    scenario: Scenario, registry: RegistryServer, tmp_path: Path, moment: str, workers: str
+) -> None:
+    """Killed while a new layer's download hangs, or once its retry has started (the
+    other layers downloaded, unpacked by workers or not): recovery leaves OLD, with no
+    worker left, and converting again gives NEW."""
+    root = tmp_path / "repo"
+    copy_tree(scenario.pristine, root)
+    stored = {path.name for path in scenario.pristine.glob(".layers/*/*")}
+    hanging = min(p.name for p in scenario.finished.glob(".layers/*/*") if p.name not in stored)
+    gets = 1 if moment == "while-a-blob-hangs" else 2
+    reference = scenario.reference
+    # It hangs once (killed then), or twice (killed in the retry's hanging attempt).
+    with FaultProxy(registry.url, Fault.HANG, times=gets, match=hanging) as proxy:
+        via_proxy = f"{proxy.host}/{reference.repository}:{reference.tag}"
+        args = [*command(via_proxy, root), "--timeout", "1", "--unpack-workers", workers]
+        with Conversion(args) as conversion:
+            deadline = conversion.started + RUN_TIMEOUT
+            while sum(hanging in path for _, path in proxy.requests) < gets:
+                assert conversion.process.poll() is None, "the conversion ended"
+                assert time.monotonic() < deadline, "the download never hung or retried"
+                time.sleep(0.01)
+            time.sleep(0.2)
+            assert not conversion.kill(), "killed before it could end"
+            parent = conversion.process.pid
+    assert pending(root)[0], "killed inside its transaction"
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _unpack_workers(parent):
+        assert time.monotonic() < deadline, "a worker outlived the killed conversion"
+        time.sleep(0.05)
+    recover(root)
+    assert pending(root) == (False, False), "staging left after recovery"
+    assert state(root, times=True) == state(scenario.pristine, times=True)
+    assert convert_in_process(reference, root) is Outcome.UPDATED
+    assert state(root) == state(scenario.finished)

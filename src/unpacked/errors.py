@@ -18,9 +18,11 @@ boundary where they occur, so callers and the CLI only ever see this tree::
     ├── VerificationError              bytes that do not match their digest or size
     ├── WishlistError                  a wish list cannot be used (every problem, with lines)
     ├── LayerError                     a layer cannot be applied
-    │   └── UnsafeLayerError           an entry tries to leave the target directory
+    │   ├── UnsafeLayerError           an entry tries to leave the target directory
+    │   └── LayerTooLargeError         a layer decompresses to more than its size limit
     ├── PublishError                   a repository transaction failed (nothing was published)
-    │   └── RepositoryLockedError      another process holds the repository lock too long
+    │   ├── RepositoryLockedError      another process holds the repository lock too long
+    │   └── RepositoryFullError        the repository's file system is full (or over quota)
     └── ConfigError                    bad configuration (auth file, options)
 
 Each error's message names the culprit (the reference, the blob digest, the
@@ -91,6 +93,10 @@ class UnsafeLayerError(LayerError):
     """A layer entry would create, change or follow something outside the target."""
 
 
+class LayerTooLargeError(LayerError):
+    """A layer decompresses to more than the limit set for it (a decompression bomb?)."""
+
+
 class UnpackWorkerDied(LayerError):
     """The worker process unpacking a layer ended without an answer (killed, crashed)."""
 
@@ -114,6 +120,10 @@ class PublishError(UnpackedError):
 
 class RepositoryLockedError(PublishError):
     """Another process held the repository lock for longer than we were willing to wait."""
+
+
+class RepositoryFullError(PublishError):
+    """The repository's file system ran out of space or quota; nothing was published."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from unpacked.errors import BlobAbandoned
-from unpacked.layers import GrowingBlob, abandon
+from unpacked.layers import GrowingBlob, abandon, discard, is_abandoned
 
 DATA = os.urandom(300_000)
 
@@ -65,4 +65,13 @@ def test_an_abandoned_blob_stops_its_reader(tmp_path: Path) -> None:
             got += chunk
     writer.join(30)
     assert 100_000 <= len(got) < len(DATA)
-    assert not path.exists(), "the partial file is removed"
+    assert path.exists(), "an abandoned file stays until its reader is done with it"
+    discard(path)
+    assert not path.exists() and not is_abandoned(path)
+
+
+def test_a_blob_abandoned_and_removed_before_it_was_opened(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    abandon(path)
+    with pytest.raises(BlobAbandoned, match="restarted or failed"):
+        GrowingBlob(path, 10, name="L")

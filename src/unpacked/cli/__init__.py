@@ -38,6 +38,7 @@ _EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (errors.InvalidReferenceError, EXIT_INPUT),
     (errors.ConfigError, EXIT_INPUT),
     (errors.WishlistError, EXIT_INPUT),
+    (errors.RepositoryFullError, EXIT_PUBLISH),
     (errors.NotFoundError, EXIT_NOT_FOUND),
     (errors.AuthenticationError, EXIT_AUTH),
     (errors.RegistryError, EXIT_REGISTRY),

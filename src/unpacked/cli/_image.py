@@ -15,6 +15,7 @@ from unpacked.convert import (
     record_failure,
     start_spare_workers,
 )
+from unpacked.layers import SizeLimit
 from unpacked.platform import Platform
 from unpacked.reference import parse as parse_reference
 from unpacked.registry import RegistryClient
@@ -39,6 +40,7 @@ def convert_options(args: argparse.Namespace) -> ConvertOptions:
         skip_flat=args.skip_flat,
         skip_layers=args.skip_layers,
         unpack_workers=args.unpack_workers,
+        max_layer_size=SizeLimit(fixed=args.max_layer_size),
     )
 
 

@@ -74,6 +74,29 @@ def add_convert_options(parser: argparse.ArgumentParser) -> None:
         "(default: one per CPU, at most 4, for images with 8 MiB of new layers or more; "
         "1: all in this process)",
     )
+    parser.add_argument(
+        "--max-layer-size",
+        type=byte_size,
+        default=None,
+        metavar="SIZE",
+        help="most a layer may decompress to, e.g. 500M, 20G (default: 100 times its "
+        "compressed size, at least 1G, at most 64G); more fails the image (exit 8)",
+    )
+
+
+def byte_size(text: str) -> int:
+    """Bytes from ``1048576``, ``512K``, ``500M``, ``20G`` or ``1T`` (argparse type)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().removesuffix("B").removesuffix("I"), ""
+    if number[-1:] in units:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(float(number) * units[unit])
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a size such as 500M or 20G, not {text!r}")
+    return value
 
 
 def positive_int(text: str) -> int:

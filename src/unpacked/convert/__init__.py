@@ -33,6 +33,7 @@ from unpacked.convert._model import (
     placement,
     utc_now,
 )
+from unpacked.convert._space import space_errors
 from unpacked.digest import Digest
 from unpacked.errors import ConfigError
 from unpacked.layers import SpareWorkers
@@ -96,7 +97,10 @@ def convert_image(
         )
     resolved = client.resolve_image(reference, options.platform)
     job = Job(reference, place, resolved, client, publisher.root, options, progress, spare_workers)
-    with publisher.transaction(lock_timeout=options.lock_timeout) as tx:
+    with (
+        space_errors(publisher.root, str(reference), list(resolved.layers)),
+        publisher.transaction(lock_timeout=options.lock_timeout) as tx,
+    ):
         job.publish(tx, previous, now())
     outcome = Outcome.ADDED if previous is None else Outcome.UPDATED
     logger.info("%s: %s as %s", reference, outcome.value, resolved.image_id)

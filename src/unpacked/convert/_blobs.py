@@ -4,6 +4,8 @@ the job in order once downloaded."""
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING
 from unpacked.convert._layer_records import LayerWork
 from unpacked.digest import Digest
 from unpacked.errors import BlobAbandoned
-from unpacked.layers import ApplyReport, UnpackPool, abandon
+from unpacked.layers import ApplyReport, UnpackPool, abandon, discard, is_abandoned
 from unpacked.publish import Transaction
 from unpacked.registry import BlobStream
 
@@ -24,13 +26,23 @@ _CHUNK = 1 << 20
 BlobHook = Callable[[LayerWork, Path], None]
 
 
+class _Cancelled(Exception):
+    """Another download failed for good: this one stops (``Downloads.wait`` raises that
+    failure instead)."""
+
+
 class Downloads:
     """Blobs downloaded in parallel (a bounded pool of threads) to scratch files, verified.
 
-    ``on_start`` runs in the download thread as soon as a blob's file exists, so that it
-    can be read as it grows (``GrowingBlob``). If that download restarts (into a new
-    file) or fails, the file is abandoned (``abandon``) and its reader stops;
-    ``wait`` returns the finished, verified file.
+    ``on_start`` runs in the download thread as soon as a blob's first file exists, so
+    that it can be read as it grows (``GrowingBlob``). If that download restarts (into a
+    new file) or fails, the file is abandoned (``abandon``): its reader stops, and removes
+    it (``AheadOfOrder``), or the transaction's end does; a file nobody reads is removed
+    at once. ``wait`` returns the finished, verified file.
+
+    Once one download has failed for good (or the job failed), the image cannot be
+    published: the others stop at once, between two chunks or instead of their next
+    retry, and those not started never start.
     """
 
     def __init__(
@@ -39,6 +51,9 @@ class Downloads:
         self._job = job
         self._scratch = tx.scratch_dir()
         self._on_start = on_start
+        self._failed = threading.Event()
+        self._lock = threading.Lock()
+        self._failure: BaseException | None = None
         self._pool = ThreadPoolExecutor(
             max_workers=job.options.download_workers, thread_name_prefix="download"
         )
@@ -51,41 +66,67 @@ class Downloads:
     def __enter__(self) -> Downloads:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        # On failure, queued downloads are cancelled; running ones end with their stream.
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        if exc_type is not None:
+            self._failed.set()  # nothing downloaded now would be used
+        # Queued downloads are cancelled; running ones end at their next chunk or retry.
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def wait(self, digest: Digest) -> Path:
-        return self._futures[digest].result()
+        try:
+            return self._futures[digest].result()
+        except Exception as exc:
+            with self._lock:
+                failure = self._failure
+            if failure is not None and failure is not exc:
+                # Cancelled, or failed once cancelled: the failure that cancelled it counts.
+                raise failure from None
+            raise
 
     def _fetch(self, item: LayerWork) -> Path:
-        descriptor = item.descriptor
-        job = self._job
+        if self._failed.is_set():
+            raise _Cancelled(f"layer {self._job.layer_name(item)}: download cancelled")
         attempts: list[Path] = []
-
-        def consume(stream: BlobStream) -> Path:
-            # Restartable: each attempt writes a file of its own, from the first byte; a
-            # reader of an earlier one is told to stop.
-            if attempts:
-                abandon(attempts[-1])
-            path = self._scratch / f"blob-{descriptor.digest.hex}-{len(attempts)}"
-            attempts.append(path)
-            with open(path, "wb") as out:
-                if len(attempts) == 1 and self._on_start is not None:
-                    self._on_start(item, path)
-                done = 0
-                while chunk := stream.read(_CHUNK):
-                    out.write(chunk)
-                    done += len(chunk)
-                    job.report(descriptor.digest, "download", done, descriptor.size)
-            return path
-
+        consume = functools.partial(self._consume, item, attempts)
         try:
-            return job.client.fetch_blob(job.reference, descriptor, consume)
-        except BaseException:
+            return self._job.client.fetch_blob(
+                self._job.reference, item.descriptor, consume, self._failed
+            )
+        except BaseException as exc:
             if attempts:
-                abandon(attempts[-1])
+                self._give_up(attempts)
+            with self._lock:
+                if not self._failed.is_set():
+                    self._failure = exc
+                    self._failed.set()
             raise
+
+    def _give_up(self, attempts: list[Path]) -> None:
+        """The latest attempt's file will never be complete."""
+        if len(attempts) == 1 and self._on_start is not None:
+            abandon(attempts[0])  # its reader may not even have opened it yet
+        else:
+            attempts[-1].unlink(missing_ok=True)
+
+    def _consume(self, item: LayerWork, attempts: list[Path], stream: BlobStream) -> Path:
+        # Restartable: each attempt writes a file of its own, from the first byte; a
+        # reader of an earlier one is told to stop.
+        descriptor = item.descriptor
+        if attempts:
+            self._give_up(attempts)
+        path = self._scratch / f"blob-{descriptor.digest.hex}-{len(attempts)}"
+        attempts.append(path)
+        with open(path, "wb") as out:
+            if len(attempts) == 1 and self._on_start is not None:
+                self._on_start(item, path)
+            done = 0
+            while chunk := stream.read(_CHUNK):
+                if self._failed.is_set():
+                    raise _Cancelled(f"layer {self._job.layer_name(item)}: download cancelled")
+                out.write(chunk)
+                done += len(chunk)
+                self._job.report(descriptor.digest, "download", done, descriptor.size)
+        return path
 
 
 class AheadOfOrder:
@@ -114,15 +155,16 @@ class AheadOfOrder:
             item.layerfs,
             name=self._job.layer_name(item),
             size=item.descriptor.size,
+            bound=self._job.bound(item),
         )
         future.add_done_callback(lambda done: self._unpacked(done, blob))
         self._futures[digest] = future
 
     def _unpacked(self, future: Future[ApplyReport], blob: Path) -> None:
         """Runs when a worker is done with a layer (in the pool's thread)."""
-        if not future.cancelled() and future.exception() is None:
+        if is_abandoned(blob) or (not future.cancelled() and future.exception() is None):
             # Kept for an unpacking in order otherwise; gone before it is flushed.
-            blob.unlink(missing_ok=True)
+            discard(blob)
         # The layer's files may go to disk while the CPU works on the others.
         self._tx.write_ahead()
 

@@ -314,6 +314,7 @@ class Job:
                 target=Target.LAYERFS,
                 lower=tree,
                 name=self.layer_name(item),
+                bound=self.bound(item),
             )
 
     def _unpack_flat_only(self, tx: Transaction, work: list[LayerWork], flat: Path) -> None:
@@ -338,6 +339,7 @@ class Job:
                 flat,
                 target=Target.FLAT,
                 name=self.layer_name(item),
+                bound=self.bound(item),
             )
         self.warnings.extend(f"{self.layer_name(item)}: {w}" for w in report.warnings)
 
@@ -387,6 +389,11 @@ class Job:
     def layer_name(self, item: LayerWork) -> str:
         count = len(self.image.layers)
         return f"{item.descriptor.digest} ({item.index + 1}/{count} of {self.reference})"
+
+    def bound(self, item: LayerWork) -> tuple[int, str]:
+        """The most the layer may decompress to, and how that was set (for the error)."""
+        limit, size = self.options.max_layer_size, item.descriptor.size
+        return limit.for_blob(size), limit.describe(size)
 
     def report(self, digest: Digest, phase: str, done: int, total: int) -> None:
         if self.progress is not None:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
 from unpacked import layout
 from unpacked.digest import Digest
+from unpacked.layers import SizeLimit
 from unpacked.platform import DEFAULT, Platform
 from unpacked.reference import Reference
 
@@ -49,6 +50,8 @@ class ConvertOptions:
     other, in this process; None: one per CPU, at most ``MAX_AUTO_UNPACK_WORKERS``, for
     images with enough new content to pay for starting them."""
     lock_timeout: float = 600.0
+    max_layer_size: SizeLimit = field(default_factory=SizeLimit)
+    """How much one layer may decompress to (against decompression bombs)."""
 
 
 @dataclass(frozen=True)

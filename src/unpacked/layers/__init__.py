@@ -41,7 +41,8 @@ Decisions that differ between tools, made here:
 
 from unpacked.layers._apply import apply_layer, unpack_flat, unpack_layer
 from unpacked.layers._compression import open_layer
-from unpacked.layers._growing import GrowingBlob, abandon
+from unpacked.layers._growing import GrowingBlob, abandon, discard, is_abandoned
+from unpacked.layers._limit import SizeLimit
 from unpacked.layers._lower import complete_layer
 from unpacked.layers._merge import LayerTree, MergeStats, merge_layer, merge_layers
 from unpacked.layers._pool import SpareWorkers, UnpackPool, available_cpus
@@ -53,6 +54,7 @@ __all__ = [
     "LayerTree",
     "MergeStats",
     "PendingLower",
+    "SizeLimit",
     "SpareWorkers",
     "Target",
     "UnpackPool",
@@ -60,6 +62,8 @@ __all__ = [
     "apply_layer",
     "available_cpus",
     "complete_layer",
+    "discard",
+    "is_abandoned",
     "merge_layer",
     "merge_layers",
     "open_layer",

@@ -216,14 +216,16 @@ def unpack_layer(
     lower: Path | None = None,
     defer_lower: bool = False,
     name: str,
+    bound: tuple[int, str] | None = None,
 ) -> ApplyReport:
-    """Decompress, apply and verify one layer blob (``apply_layer`` tells the arguments).
+    """Decompress, apply and verify one layer blob (``apply_layer`` tells the arguments;
+    ``bound``: at most that many decompressed bytes, see ``SizeLimit``).
 
     The uncompressed stream is hashed to its very end (trailing zero blocks
     included) and must equal ``diff_id``, else ``VerificationError`` naming the
     layer; ``root`` is then partly written and must be discarded by the caller.
     """
-    with opened(blob, media_type, name=name, diff_id=diff_id) as stream:
+    with opened(blob, media_type, name=name, diff_id=diff_id, bound=bound) as stream:
         return apply_layer(
             stream, root, target=target, lower=lower, defer_lower=defer_lower, name=name
         )

@@ -27,6 +27,7 @@ import zstandard
 
 from unpacked.digest import Digest, Readable, VerifyingReader
 from unpacked.errors import LayerError
+from unpacked.layers._limit import Bounded
 from unpacked.mediatype import FOREIGN_LAYER_TYPES, Compression, layer_compression
 
 logger = logging.getLogger(__name__)
@@ -344,13 +345,21 @@ def _decompressor(blob: Readable, media_type: str, name: str) -> Readable:
 
 @contextlib.contextmanager
 def opened(
-    blob: Readable, media_type: str, *, name: str, diff_id: Digest | None = None
+    blob: Readable,
+    media_type: str,
+    *,
+    name: str,
+    diff_id: Digest | None = None,
+    bound: tuple[int, str] | None = None,
 ) -> Iterator[Readable]:
-    """``open_layer``, optionally verifying the uncompressed stream against ``diff_id``.
+    """``open_layer``, optionally verifying the uncompressed stream against ``diff_id``,
+    and bounding it (``bound``: the limit in bytes, and how it was set, for the error).
 
     Decompression and hashing run in a second thread, ahead of the consumer.
     """
     stream = _decompressor(blob, media_type, name)
+    if bound is not None:
+        stream = Bounded(stream, bound[0], name=name, why=bound[1])
     if diff_id is not None:
         stream = VerifyingReader(stream, diff_id, what=f"layer {name} (uncompressed, diff_id)")
     threaded = _ThreadedReader(stream)

@@ -5,6 +5,9 @@ download thread writes the rest. The writer and the reader agree on two things o
 the file's final size (the descriptor's), and a marker beside the file (``abandon``)
 when the writer gives up on it, because its fetch restarted into another file or
 failed. The reader never takes a short read for the end of the blob.
+
+An abandoned file stays until its reader is done with it (``discard``): the reader
+may not even have opened it yet (a worker busy with another layer, a loaded CPU).
 """
 
 from __future__ import annotations
@@ -23,9 +26,18 @@ def abandoned_marker(path: Path) -> Path:
 
 
 def abandon(path: Path) -> None:
-    """``path`` will never be complete: tell its reader, then remove the partial file."""
+    """``path`` will never be complete: tell its reader (who removes it, ``discard``)."""
     abandoned_marker(path).touch()
+
+
+def is_abandoned(path: Path) -> bool:
+    return abandoned_marker(path).exists()
+
+
+def discard(path: Path) -> None:
+    """Remove a blob file and its marker, once nobody reads it any more."""
     path.unlink(missing_ok=True)
+    abandoned_marker(path).unlink(missing_ok=True)
 
 
 class GrowingBlob:
@@ -38,8 +50,13 @@ class GrowingBlob:
         self._marker = abandoned_marker(path)
         self._name = name
         self._left = size
-        # Unbuffered: a read at the current end must not be remembered as the end.
-        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        try:
+            # Unbuffered: a read at the current end must not be remembered as the end.
+            self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        except FileNotFoundError as exc:
+            if self._marker.exists():
+                raise BlobAbandoned(f"layer {name}: its download restarted or failed") from exc
+            raise
 
     def __enter__(self) -> GrowingBlob:
         return self

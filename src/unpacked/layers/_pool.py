@@ -190,13 +190,14 @@ class UnpackPool:
         *,
         name: str,
         size: int | None = None,
+        bound: tuple[int, str] | None = None,
     ) -> Future[ApplyReport]:
         """Unpack the blob file ``blob`` into the empty layer directory ``root``.
 
         With ``size``, the blob is still being written: it is read as it grows, up to
         ``size`` bytes (``GrowingBlob``; ``BlobAbandoned`` if its writer abandons it).
         """
-        arguments = (str(blob), media_type, str(diff_id), str(root), name, size)
+        arguments = (str(blob), media_type, str(diff_id), str(root), name, size, bound)
         return self._threads.submit(self._call, arguments, name)
 
     def _call(self, arguments: tuple[object, ...], name: str) -> ApplyReport:

@@ -1,6 +1,6 @@
 """The worker process of ``UnpackPool``: ``python -m unpacked.layers._worker PARENT_PID``.
 
-Reads pickled calls ``(blob, media type, diff_id, layer directory, name, size)``
+Reads pickled calls ``(blob, media type, diff_id, layer directory, name, size, bound)``
 from stdin (``size``: the blob is still being downloaded, read it as it grows) and
 answers each with a pickled ``(True, ApplyReport)`` or ``(False, exception)`` on
 stdout, until stdin closes. Its parent is the unpacked process, which it does not
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import pickle
 import signal
@@ -37,8 +38,10 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(1)
 
 
-def unpack(arguments: tuple[str, str, str, str, str, int | None]) -> ApplyReport:
-    blob, media_type, diff_id, root, name, size = arguments
+def unpack(
+    arguments: tuple[str, str, str, str, str, int | None, tuple[int, str] | None],
+) -> ApplyReport:
+    blob, media_type, diff_id, root, name, size, bound = arguments
     with contextlib.ExitStack() as stack:
         if size is None:
             stream: Readable = stack.enter_context(open(blob, "rb"))
@@ -52,7 +55,17 @@ def unpack(arguments: tuple[str, str, str, str, str, int | None]) -> ApplyReport
             target=Target.LAYERFS,
             defer_lower=True,
             name=name,
+            bound=bound,
         )
+
+
+def _portable(exc: Exception) -> Exception:
+    """``exc``, or what caused it when that matters to the parent: a pickled exception
+    loses its ``__cause__``, and a full disk must still be told from a bad layer."""
+    cause = exc.__cause__
+    if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OSError(cause.errno, f"{exc} ({cause.strerror})", cause.filename)
+    return exc
 
 
 def _answer(replies: IO[bytes], ok: bool, value: object) -> None:
@@ -73,7 +86,7 @@ def serve(requests: IO[bytes], replies: IO[bytes]) -> None:
         try:
             report = unpack(arguments)
         except Exception as exc:  # every error goes back to the parent
-            _answer(replies, False, exc)
+            _answer(replies, False, _portable(exc))
         else:
             _answer(replies, True, report)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -241,7 +242,11 @@ class RegistryClient:
     # --- blobs ----------------------------------------------------------------------
 
     def fetch_blob(
-        self, ref: Reference, descriptor: Descriptor, consume: Callable[[BlobStream], T]
+        self,
+        ref: Reference,
+        descriptor: Descriptor,
+        consume: Callable[[BlobStream], T],
+        cancel: threading.Event | None = None,
     ) -> T:
         """Stream the blob ``descriptor`` of ``ref``'s repository into ``consume``.
 
@@ -254,11 +259,13 @@ class RegistryClient:
 
         The stream holds one of the registry's concurrency slots until it ends:
         ``consume`` must not wait for other requests to the same registry.
+
+        Once ``cancel`` is set, a failed attempt is not tried again (``RetryPolicy``).
         """
         call = self._call(ref, f"blob {descriptor.digest} of {ref.repository}")
         url = call.endpoint.url(f"{ref.repository}/blobs/{descriptor.digest}")
         return self._retry.run(
-            functools.partial(self._blob_attempt, call, url, descriptor, consume)
+            functools.partial(self._blob_attempt, call, url, descriptor, consume), cancel
         )
 
     def get_blob(self, ref: Reference, descriptor: Descriptor, max_size: int) -> bytes:

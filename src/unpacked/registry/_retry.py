@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import logging
 import random
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,9 @@ class RetryPolicy:
     ``backoff_max`` and are jittered into [delay/2, delay] so that many
     workers hit by one outage do not come back in step. A ``Retry-After`` is
     obeyed as given, unless it exceeds ``max_retry_after``.
+
+    With ``cancel`` set (by another thread: the work this attempt is part of failed
+    already), the last failure is raised at once instead of waiting and trying again.
     """
 
     retries: int
@@ -37,12 +41,14 @@ class RetryPolicy:
     sleep: Callable[[float], None]
     jitter: Callable[[], float] = random.random
 
-    def run(self, attempt: Callable[[], T]) -> T:
+    def run(self, attempt: Callable[[], T], cancel: threading.Event | None = None) -> T:
         failures = 0
         while True:
             try:
                 return attempt()
             except Transient as transient:
+                if cancel is not None and cancel.is_set():
+                    raise transient.error from transient.__cause__
                 delay = self._delay_after(transient, failures)
                 failures += 1
                 logger.warning(
@@ -52,7 +58,10 @@ class RetryPolicy:
                     failures + 1,
                     self.retries + 1,
                 )
-                self.sleep(delay)
+                if cancel is None:
+                    self.sleep(delay)
+                elif cancel.wait(delay):
+                    raise transient.error from transient.__cause__
 
     def _delay_after(self, transient: Transient, failures: int) -> float:
         """How long to wait before the next attempt; raise if there is none."""
