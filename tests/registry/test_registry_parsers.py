@@ -19,9 +19,9 @@ from unpacked.reference import DOCKER_HUB, Reference
 from unpacked.registry import RegistryOptions
 from unpacked.registry._challenge import Challenge, parse_challenges
 from unpacked.registry._endpoint import endpoint_for, is_loopback
-from unpacked.registry._errors import Subject, status_error, summarize
+from unpacked.registry._errors import Subject, Transient, status_error, summarize
 from unpacked.registry._link import next_link, parse_links
-from unpacked.registry._retry import parse_retry_after
+from unpacked.registry._retry import RetryPolicy, parse_retry_after
 
 # --- WWW-Authenticate -------------------------------------------------------------------
 
@@ -159,6 +159,31 @@ def test_retry_after() -> None:
     assert parse_retry_after(None, now) is None
     assert parse_retry_after("soon", now) is None
     assert parse_retry_after("-3", now) is None
+
+
+@pytest.mark.parametrize(("spent", "expected"), [(0.0, 4.0), (1.5, 2.5), (5.0, 0.0)])
+def test_backoff_counts_from_the_start_of_the_failed_attempt(spent: float, expected: float) -> None:
+    """An attempt that hung until its timeout has spaced the requests out already."""
+    now = [100.0]
+    slept: list[float] = []
+
+    def attempt() -> str:
+        if slept:
+            return "done"
+        now[0] += spent
+        raise Transient(RegistryError("timed out"))
+
+    policy = RetryPolicy(
+        retries=2,
+        backoff_base=4.0,
+        backoff_max=8.0,
+        max_retry_after=60.0,
+        sleep=slept.append,
+        jitter=lambda: 1.0,
+        clock=lambda: now[0],
+    )
+    assert policy.run(attempt) == "done"
+    assert slept == [pytest.approx(expected)]
 
 
 # --- error bodies -----------------------------------------------------------------------

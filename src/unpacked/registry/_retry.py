@@ -6,6 +6,7 @@ import email.utils
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,7 +29,10 @@ class RetryPolicy:
     propagates at once. Delays double from ``backoff_base`` up to
     ``backoff_max`` and are jittered into [delay/2, delay] so that many
     workers hit by one outage do not come back in step. A ``Retry-After`` is
-    obeyed as given, unless it exceeds ``max_retry_after``.
+    obeyed as given, unless it exceeds ``max_retry_after``. The backoff counts from the
+    start of the failed attempt: one that hung until its timeout has spaced the requests
+    out already, and waiting its delay again on top would only stretch how long a dead
+    registry takes to give up on (5 timeouts of 5 s: 25 s, not 31).
 
     With ``cancel`` set (by another thread: the work this attempt is part of failed
     already), the last failure is raised at once instead of waiting and trying again.
@@ -40,16 +44,18 @@ class RetryPolicy:
     max_retry_after: float
     sleep: Callable[[float], None]
     jitter: Callable[[], float] = random.random
+    clock: Callable[[], float] = time.monotonic
 
     def run(self, attempt: Callable[[], T], cancel: threading.Event | None = None) -> T:
         failures = 0
         while True:
+            started = self.clock()
             try:
                 return attempt()
             except Transient as transient:
                 if cancel is not None and cancel.is_set():
                     raise transient.error from transient.__cause__
-                delay = self._delay_after(transient, failures)
+                delay = self._delay_after(transient, failures, self.clock() - started)
                 failures += 1
                 logger.warning(
                     "%s; retrying in %.1f s (attempt %d of %d)",
@@ -63,8 +69,9 @@ class RetryPolicy:
                 elif cancel.wait(delay):
                     raise transient.error from transient.__cause__
 
-    def _delay_after(self, transient: Transient, failures: int) -> float:
-        """How long to wait before the next attempt; raise if there is none."""
+    def _delay_after(self, transient: Transient, failures: int, spent: float) -> float:
+        """How long to wait before the next attempt, ``spent`` seconds after the failed one
+        started; raise if there is none."""
         if failures >= self.retries:
             raise transient.error from transient.__cause__
         wait = transient.retry_after
@@ -76,7 +83,7 @@ class RetryPolicy:
         if wait is not None:
             return wait
         delay = min(self.backoff_max, self.backoff_base * 2.0**failures)
-        return delay / 2 + self.jitter() * delay / 2
+        return max(0.0, delay / 2 + self.jitter() * delay / 2 - spent)
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
