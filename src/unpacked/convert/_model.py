@@ -49,6 +49,8 @@ class ConvertOptions:
     other, in this process; None: one per CPU, at most ``MAX_AUTO_UNPACK_WORKERS``, for
     images with enough new content to pay for starting them."""
     lock_timeout: float = 600.0
+    content_index: bool = True
+    """Write each new layer's content index (``verify --deep``); off only to measure its cost."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,79 @@
+"""``verify --deep [--repair]``: the content check after the structural one.
+
+Text: the structural report, then one line per changed, added or missing file (the
+layer or flat tree, the path, the images affected), the notices (layers without a
+content index) and, with ``--repair``, what was removed and converted again. ``--json``
+adds ``"deep"``: ``{"clean", "findings": [{"kind", "tree", "path", "message",
+"references", "layer", "imageId"}], "notices": [...]}`` and, with ``--repair``,
+``"removed"``, ``"reconverted"``, ``"failed"`` and ``"found"`` (the findings before it).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from unpacked.cli._context import registry_options
+from unpacked.publish import Publisher
+from unpacked.registry import RegistryClient
+from unpacked.verify_deep import (
+    DeepReport,
+    DeepRepair,
+    reconvert_with,
+    repair_content,
+    verify_content,
+)
+
+
+def deep(args: argparse.Namespace, publisher: Publisher) -> DeepReport | DeepRepair:
+    """Run the content check, or the content repair with ``--repair``."""
+    if not args.repair:
+        return verify_content(publisher, lock_timeout=args.lock_timeout)
+    with RegistryClient(registry_options(args)) as client:
+        reconvert = reconvert_with(client, publisher, args.lock_timeout)
+        return repair_content(publisher, reconvert, lock_timeout=args.lock_timeout)
+
+
+def final(result: DeepReport | DeepRepair) -> DeepReport:
+    return result.after if isinstance(result, DeepRepair) else result
+
+
+def to_json(result: DeepReport | DeepRepair) -> dict[str, object]:
+    report = final(result)
+    value: dict[str, object] = {
+        "clean": report.clean,
+        "findings": [finding.to_json() for finding in report.problems],
+        "notices": [finding.to_json() for finding in report.notices],
+    }
+    if isinstance(result, DeepRepair):
+        value["found"] = [finding.to_json() for finding in result.before.problems]
+        value["removed"] = [str(path) for path in result.removed]
+        value["reconverted"] = list(result.reconverted)
+        value["failed"] = [{"reference": ref, "error": error} for ref, error in result.failed]
+    return value
+
+
+def _report_lines(report: DeepReport) -> list[str]:
+    lines = [f"  {f.kind}: {f.message}" for f in report.problems]
+    lines += [f"  notice: {f.message}" for f in report.notices]
+    return lines
+
+
+def to_text(result: DeepReport | DeepRepair) -> str:
+    lines = []
+    if isinstance(result, DeepRepair):
+        lines.append(f"content: {len(result.before.problems)} file(s) differed")
+        lines += _report_lines(result.before)
+        lines += [f"  removed {path}" for path in result.removed]
+        lines += [f"  converted again: {ref}" for ref in result.reconverted]
+        lines += [f"  not converted: {ref}: {error}" for ref, error in result.failed]
+    report = final(result)
+    head = f"{report.checked_layers} layer(s), {report.checked_flat_trees} flat tree(s)"
+    if report.clean:
+        lines.append(f"content: clean ({head})")
+        lines += [f"  notice: {f.message}" for f in report.notices]
+    else:
+        lines.append(f"content: {len(report.problems)} file(s) differ ({head})")
+        lines += _report_lines(report)
+        if not isinstance(result, DeepRepair):
+            lines.append("  re-create them from the registry: unpacked verify --deep --repair")
+    return "\n".join(lines)

@@ -1,0 +1,468 @@
+"""``verify --deep``: are the files of every layer and flat tree still what was unpacked?
+
+Flat trees share inodes with ``layerfs`` and with other images' flat trees, so a runtime
+given a writable root (``podman run --rootfs``, a read-write ``crun`` bundle) changes
+every image that links the file it writes. Each layer's content index (``contentindex``,
+written when the layer was unpacked) says what its ``layerfs`` must hold; composed in
+the image's layer order, the way overlayfs and ``layers.merge_layers`` read the stack
+(whiteouts delete, opaque directories hide what is below, the upper entry wins), the
+indexes say what its flat tree must hold, apart from the Apptainer files and bind
+points the conversion adds.
+
+    scan (verify.scan) + walk every tree, hashing each inode once ─▶ DeepReport
+    --repair: one transaction removes the damaged layers and flat trees ─▶ the images
+              that use them are converted again from the registry (convert_image)
+
+A layer converted before content indexes existed has none: a notice, not a problem.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from unpacked import layout
+from unpacked.apptainer import BIND_POINTS, LINKS, PLACEHOLDERS
+from unpacked.contentindex import ROOT, ContentIndex, Entry, InodeHashes, from_bytes, index_tree
+from unpacked.convert import ConvertOptions, convert_image
+from unpacked.digest import Digest
+from unpacked.errors import UnpackedError
+from unpacked.manifest import Manifest
+from unpacked.platform import Platform
+from unpacked.publish import Publisher
+from unpacked.records import ImageStatus, parse_layer_records
+from unpacked.reference import parse as parse_reference
+from unpacked.registry import RegistryClient
+from unpacked.verify import Snapshot, _locked, scan
+
+logger = logging.getLogger(__name__)
+
+_SANDBOX_DIR = ".singularity.d"
+_EXTRA_KINDS: dict[str, str] = {
+    **{name: "l" for name in LINKS},
+    **{path: "d" for path in BIND_POINTS},
+    **{path.rsplit("/", 1)[0]: "d" for path in BIND_POINTS if "/" in path},
+    **{path: "f" for path in PLACEHOLDERS},
+}
+"""What the Apptainer sandbox creates in a flat tree when the image has none, and its type."""
+
+
+class DeepKind(enum.StrEnum):
+    """Stable names for scripts reading ``--json``."""
+
+    CHANGED = "content-changed"
+    ADDED = "content-added"
+    MISSING = "content-missing"
+    INDEX_INVALID = "content-index-invalid"
+    NO_INDEX = "no-content-index"
+
+
+@dataclass(frozen=True)
+class DeepFinding:
+    """One file that differs (or a tree that cannot be checked), and the images it affects.
+
+    ``tree`` is the ``layerfs`` or flat tree (relative to the root), ``path`` the entry in
+    it; ``layer`` / ``image_id`` say which of the two it is.
+    """
+
+    kind: DeepKind
+    tree: PurePosixPath
+    path: str
+    message: str
+    references: tuple[str, ...] = ()
+    layer: str | None = None
+    image_id: str | None = None
+
+    @property
+    def notice(self) -> bool:
+        return self.kind is DeepKind.NO_INDEX
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kind": str(self.kind),
+            "tree": str(self.tree),
+            "path": self.path,
+            "message": self.message,
+            "references": list(self.references),
+            "layer": self.layer,
+            "imageId": self.image_id,
+        }
+
+
+@dataclass(frozen=True)
+class DeepReport:
+    repository: str
+    findings: tuple[DeepFinding, ...]
+    checked_layers: int = 0
+    checked_flat_trees: int = 0
+
+    @property
+    def problems(self) -> tuple[DeepFinding, ...]:
+        return tuple(f for f in self.findings if not f.notice)
+
+    @property
+    def notices(self) -> tuple[DeepFinding, ...]:
+        return tuple(f for f in self.findings if f.notice)
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+    @property
+    def damaged_layers(self) -> frozenset[str]:
+        return frozenset(f.layer for f in self.problems if f.layer is not None)
+
+    @property
+    def damaged_flat_trees(self) -> frozenset[str]:
+        return frozenset(f.image_id for f in self.problems if f.image_id is not None)
+
+
+# --- what the repository says: layers of each image, images of each layer -----------------
+
+
+@dataclass(frozen=True)
+class _Images:
+    layers: Mapping[str, tuple[str, ...]]
+    """Image id to its layer digests, in order (from a manifest on disk)."""
+    names: Mapping[str, tuple[str, ...]]
+    """Image id to the names (``.metadata`` paths) of the images published as it."""
+    users: Mapping[str, frozenset[str]]
+    """Layer digest to the ids of the images using it (manifests and origin.json)."""
+
+    def references(self, image_ids: Iterable[str]) -> tuple[str, ...]:
+        return tuple(sorted({name for i in image_ids for name in self.names.get(i, ())}))
+
+
+def _images(snapshot: Snapshot) -> _Images:
+    layers: dict[str, tuple[str, ...]] = {}
+    names: dict[str, set[str]] = {}
+    users: dict[str, set[str]] = {}
+    for image in snapshot.images:
+        if isinstance(image.manifest, Manifest):
+            image_id = str(image.manifest.config.digest)
+            layers[image_id] = tuple(str(layer.digest) for layer in image.manifest.layers)
+            names.setdefault(image_id, set()).add(image.name)
+            for digest in layers[image_id]:
+                users.setdefault(digest, set()).add(image_id)
+        elif isinstance(image.status, ImageStatus):
+            names.setdefault(image.status.image_id, set()).add(image.name)
+    for layer in snapshot.layers:
+        if isinstance(layer.origin, frozenset):
+            users.setdefault(layer.digest, set()).update(layer.origin)
+    return _Images(
+        layers,
+        {i: tuple(sorted(n)) for i, n in names.items()},
+        {d: frozenset(u) for d, u in users.items()},
+    )
+
+
+# --- comparing ------------------------------------------------------------------------------
+
+
+def differences(expected: ContentIndex, actual: ContentIndex) -> Iterator[tuple[DeepKind, str, str]]:
+    """``(kind, path, what)`` for each entry that is not as expected, sorted by path."""
+    for path in sorted(expected.keys() | actual.keys()):
+        want, have = expected.get(path), actual.get(path)
+        if have is None:
+            assert want is not None
+            yield DeepKind.MISSING, path, f"missing (was a {_describe(want)})"
+        elif want is None:
+            yield DeepKind.ADDED, path, f"added ({_describe(have)})"
+        else:
+            changes = have.differences(want)
+            if changes:
+                yield DeepKind.CHANGED, path, "changed: " + ", ".join(changes)
+
+
+def _describe(entry: Entry) -> str:
+    return {"f": "file", "d": "directory", "l": "symlink"}.get(entry.kind, "special file")
+
+
+def compose(layers: Iterable[tuple[ContentIndex, bool]]) -> ContentIndex:
+    """The flat tree of ``(layer index, wh_files)`` stacked bottom to top (overlay rules)."""
+    tree: ContentIndex = {}
+    for index, wh_files in layers:
+        hidden, under, upper = _layer_effects(index, wh_files)
+        # A non-directory over a lower directory replaces it with what was under it.
+        under |= {
+            path
+            for path, entry in upper.items()
+            if entry.kind != "d" and (lower := tree.get(path)) is not None and lower.kind == "d"
+        }
+        if hidden or under:
+            tree = {p: e for p, e in tree.items() if not _hidden(p, hidden, under)}
+        tree.update(upper)
+    tree.pop(ROOT, None)
+    return tree
+
+
+def _layer_effects(
+    index: ContentIndex, wh_files: bool
+) -> tuple[set[str], set[str], dict[str, Entry]]:
+    """Paths this layer whites out (with what is under them), its opaque directories (what
+    is under them below is hidden), and its own entries."""
+    hidden: set[str] = set()
+    opaque: set[str] = set()
+    upper: dict[str, Entry] = {}
+    for path, entry in index.items():
+        parent, _, name = path.rpartition("/")
+        if wh_files and name == ".wh..wh..opq":
+            opaque.add(parent or ROOT)
+        elif wh_files and name.startswith(".wh."):
+            hidden.add(f"{parent}/{name[4:]}" if parent else name[4:])
+        elif not wh_files and entry.kind == "c" and entry.extra == "0,0":
+            hidden.add(path)
+        else:
+            if entry.kind == "d" and entry.extra == "o":
+                opaque.add(path)
+            upper[path] = entry
+    return hidden, opaque, upper
+
+
+def _hidden(path: str, hidden: set[str], under: set[str]) -> bool:
+    if path in hidden or ROOT in under:
+        return True
+    end = path.find("/")
+    while end != -1:
+        ancestor = path[:end]
+        if ancestor in hidden or ancestor in under:
+            return True
+        end = path.find("/", end + 1)
+    return False
+
+
+def expected_flat(composed: ContentIndex, actual: ContentIndex) -> tuple[ContentIndex, ContentIndex]:
+    """Both indexes without what the conversion adds to a flat tree: ``.singularity.d``
+    (replaced whatever the image had), and the links, bind points and placeholders the
+    image lacks when they have the type the sandbox gives them. ``.`` is not compared."""
+
+    def ours(path: str) -> bool:
+        return path == _SANDBOX_DIR or path.startswith(_SANDBOX_DIR + "/")
+
+    expected = {p: e for p, e in composed.items() if not ours(p)}
+    have = {
+        p: e
+        for p, e in actual.items()
+        if p != ROOT
+        and not ours(p)
+        and not (p not in expected and _EXTRA_KINDS.get(p) == e.kind)
+    }
+    # The merge gives directories the metadata of the topmost layer; opaqueness is a
+    # layer's property only.
+    expected = {p: Entry(e.kind, e.mode, e.size, "" if e.kind == "d" else e.extra) for p, e in expected.items()}
+    have = {p: Entry(e.kind, e.mode, e.size, "" if e.kind == "d" else e.extra) for p, e in have.items()}
+    return expected, have
+
+
+# --- the walk -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Checker:
+    root: Path
+    images: _Images
+    hashes: InodeHashes = field(default_factory=dict)
+    indexes: dict[str, ContentIndex | None] = field(default_factory=dict)
+    wh_files: dict[str, bool] = field(default_factory=dict)
+    findings: list[DeepFinding] = field(default_factory=list)
+
+    def layer(self, digest: str) -> None:
+        parsed = Digest.parse(digest)
+        tree = layout.layerfs_dir(parsed)
+        refs = self.images.references(self.images.users.get(digest, ()))
+        expected = self._load_index(digest, tree, refs)
+        self.indexes[digest] = expected
+        self.wh_files[digest] = self._wh_files(parsed)
+        if expected is None:
+            return
+        actual = index_tree(self.root / tree, self.hashes)
+        for kind, path, what in differences(expected, actual):
+            self.findings.append(
+                DeepFinding(
+                    kind,
+                    tree,
+                    path,
+                    f"layer {digest}: {path} {what}; affects {_names(refs)}",
+                    refs,
+                    layer=digest,
+                )
+            )
+
+    def _load_index(
+        self, digest: str, tree: PurePosixPath, refs: tuple[str, ...]
+    ) -> ContentIndex | None:
+        path = layout.layer_content_index(Digest.parse(digest))
+        try:
+            return from_bytes((self.root / path).read_bytes(), what=str(path))
+        except FileNotFoundError:
+            self.findings.append(
+                DeepFinding(
+                    DeepKind.NO_INDEX,
+                    tree,
+                    ".",
+                    f"layer {digest} has no content index (converted before they existed): "
+                    "its files and the flat trees of its images are not checked",
+                    refs,
+                )
+            )
+        except (OSError, ValueError) as exc:
+            self.findings.append(
+                DeepFinding(DeepKind.INDEX_INVALID, tree, ".", str(exc), refs, layer=digest)
+            )
+        return None
+
+    def _wh_files(self, digest: Digest) -> bool:
+        try:
+            raw = (self.root / layout.layer_record_file(digest)).read_bytes()
+            records = parse_layer_records(raw, what="layers.json")
+        except (OSError, ValueError):
+            return False
+        return any(record.get("unpacked-whiteouts") == "wh-files" for record in records)
+
+    def flat(self, image_id: str) -> None:
+        tree = layout.flat_dir(Digest.parse(image_id))
+        refs = self.images.references([image_id])
+        layers = self.images.layers.get(image_id)
+        indexes = [self.indexes.get(d) for d in layers or ()]
+        if layers is None or any(index is None for index in indexes):
+            self.findings.append(
+                DeepFinding(
+                    DeepKind.NO_INDEX,
+                    tree,
+                    ".",
+                    f"flat tree of image {image_id} is not checked: "
+                    + ("no manifest on disk lists its layers" if layers is None else
+                       "a layer of it has no content index"),
+                    refs,
+                )
+            )
+            return
+        composed = compose(
+            (index, self.wh_files[d]) for index, d in zip(indexes, layers) if index is not None
+        )
+        expected, actual = expected_flat(composed, index_tree(self.root / tree, self.hashes))
+        for kind, path, what in differences(expected, actual):
+            self.findings.append(
+                DeepFinding(
+                    kind,
+                    tree,
+                    path,
+                    f"flat tree of image {image_id} ({_names(refs)}): {path} {what}",
+                    refs,
+                    image_id=image_id,
+                )
+            )
+
+
+def _names(refs: tuple[str, ...]) -> str:
+    return ", ".join(refs) if refs else "no published image"
+
+
+def check_content(root: Path, snapshot: Snapshot, spec: str = "") -> DeepReport:
+    """Walk every layer and flat tree of the repository at ``root``; changes nothing."""
+    checker = _Checker(root, _images(snapshot))
+    layers = [layer.digest for layer in snapshot.layers if layer.has_layerfs]
+    for digest in layers:
+        checker.layer(digest)
+    for image_id in sorted(snapshot.flat_trees):
+        checker.flat(image_id)
+    return DeepReport(spec, tuple(checker.findings), len(layers), len(snapshot.flat_trees))
+
+
+def verify_content(publisher: Publisher, *, lock_timeout: float = 600.0) -> DeepReport:
+    """``verify --deep``: hold the repository lock (no conversion changes it meanwhile)."""
+    with _locked(publisher, lock_timeout):
+        report = check_content(publisher.root, scan(publisher.root, private=False), publisher.spec)
+    logger.info(
+        "%s: %d layer(s) and %d flat tree(s) checked, %d problem(s)",
+        publisher.spec,
+        report.checked_layers,
+        report.checked_flat_trees,
+        len(report.problems),
+    )
+    return report
+
+
+# --- repair ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeepRepair:
+    before: DeepReport
+    removed: tuple[PurePosixPath, ...]
+    reconverted: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...]
+    """``(reference, error)`` of the images whose re-conversion failed."""
+    after: DeepReport
+
+
+Reconvert = Callable[[ImageStatus, str, bool], None]
+"""Convert the image with this status again: its ``.metadata`` name, and whether it had a
+flat tree (else it was published with ``--skip-flat``)."""
+
+
+def repair_content(
+    publisher: Publisher, reconvert: Reconvert, *, lock_timeout: float = 600.0
+) -> DeepRepair:
+    """Remove the damaged layers and flat trees in one transaction, then convert the
+    images that used them again (from the registry), and check again.
+
+    Removing a layer makes every image listing it incomplete, so ``convert`` unpacks the
+    layer anew for the first and reuses it for the others; a flat tree removed is built
+    again. A damaged flat tree no published image names is left to garbage collection.
+    """
+    before = verify_content(publisher, lock_timeout=lock_timeout)
+    snapshot = scan(publisher.root, private=False)
+    images = _images(snapshot)
+    statuses = {image.name: image.status for image in snapshot.images}
+    layers = before.damaged_layers
+    flats = {i for i in before.damaged_flat_trees if images.names.get(i)}
+    affected = flats | {i for d in layers for i in images.users.get(d, ())}
+    names = images.references(affected)
+    removed = [layout.layer_dir(Digest.parse(d)) for d in sorted(layers)]
+    removed += [layout.flat_dir(Digest.parse(i)) for i in sorted(flats)]
+    if removed:
+        with publisher.transaction(lock_timeout=lock_timeout) as tx:
+            for path in removed:
+                logger.info("repair: remove %s", path)
+                tx.remove(path)
+    reconverted, failed = [], []
+    for name in names:
+        status = statuses[name]
+        if not isinstance(status, ImageStatus):
+            failed.append((name, "its status.json is unusable; run 'unpacked verify --repair'"))
+            continue
+        try:
+            reconvert(status, name, status.image_id in snapshot.flat_trees)
+        except UnpackedError as exc:  # reported per image; the others go on
+            failed.append((status.reference, str(exc)))
+        else:
+            reconverted.append(status.reference)
+    after = verify_content(publisher, lock_timeout=lock_timeout)
+    return DeepRepair(before, tuple(removed), tuple(reconverted), tuple(failed), after)
+
+
+def reconvert_with(client: RegistryClient, publisher: Publisher, lock_timeout: float) -> Reconvert:
+    """A ``Reconvert`` that runs ``convert_image`` with the options the image was published
+    with, as far as the repository tells (platform, links, flat tree)."""
+
+    def run(status: ImageStatus, name: str, with_flat: bool) -> None:
+        reference = parse_reference(status.reference)
+        platform = Platform.parse(status.platform)
+        only_multiarch = name.startswith(f"{layout.MULTIARCH}/")
+        link = layout.multiarch_link(platform, reference)
+        options = ConvertOptions(
+            platform=platform,
+            skip_flat=not with_flat,
+            public_link=not only_multiarch,
+            multiarch=only_multiarch or os.path.lexists(publisher.root / link),
+            lock_timeout=lock_timeout,
+        )
+        logger.info("repair: convert %s again", reference)
+        convert_image(reference, client=client, publisher=publisher, options=options)
+
+    return run
