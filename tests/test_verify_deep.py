@@ -88,7 +88,11 @@ def pristine(
         ]
     )
     top_b = tar_bytes(
-        [TarEntry.file("bin/sh", b"#!sh\n", mode=0o755), TarEntry.dir("opt"), TarEntry.file("opt/b")]
+        [
+            TarEntry.file("bin/sh", b"#!sh\n", mode=0o755),
+            TarEntry.dir("opt"),
+            TarEntry.file("opt/b"),
+        ]
     )
     app = build_image(tmp / "app", [base, top_a])
     tool = build_image(tmp / "tool", [base, top_b])
@@ -114,7 +118,9 @@ def pristine(
 def repo(pristine: Repo, tmp_path: Path) -> Repo:
     root = tmp_path / "repo"
     subprocess.run(["cp", "-a", str(pristine.root), str(root)], check=True, timeout=60)
-    return Repo(root, *(getattr(pristine, f) for f in ("registry", "app", "tool", "base", "top_a", "top_b")))
+    return Repo(
+        root, *(getattr(pristine, f) for f in ("registry", "app", "tool", "base", "top_a", "top_b"))
+    )
 
 
 def _deep(repo: Repo, *extra: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:  # type: ignore[type-arg]
@@ -162,7 +168,7 @@ def test_append_through_a_shared_inode_is_found_and_repaired(
 
     code, value = _deep(repo, "--repair", capsys=capsys)
     assert code == EXIT_OK, value
-    assert value["deep"]["removed"] == sorted(
+    assert sorted(value["deep"]["removed"]) == sorted(
         [
             str(layout.layer_dir(repo.base)),
             str(layout.flat_dir(repo.app)),

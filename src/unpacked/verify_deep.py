@@ -163,7 +163,9 @@ def _images(snapshot: Snapshot) -> _Images:
 # --- comparing ------------------------------------------------------------------------------
 
 
-def differences(expected: ContentIndex, actual: ContentIndex) -> Iterator[tuple[DeepKind, str, str]]:
+def differences(
+    expected: ContentIndex, actual: ContentIndex
+) -> Iterator[tuple[DeepKind, str, str]]:
     """``(kind, path, what)`` for each entry that is not as expected, sorted by path."""
     for path in sorted(expected.keys() | actual.keys()):
         want, have = expected.get(path), actual.get(path)
@@ -235,7 +237,9 @@ def _hidden(path: str, hidden: set[str], under: set[str]) -> bool:
     return False
 
 
-def expected_flat(composed: ContentIndex, actual: ContentIndex) -> tuple[ContentIndex, ContentIndex]:
+def expected_flat(
+    composed: ContentIndex, actual: ContentIndex
+) -> tuple[ContentIndex, ContentIndex]:
     """Both indexes without what the conversion adds to a flat tree: ``.singularity.d``
     (replaced whatever the image had), and the links, bind points and placeholders the
     image lacks when they have the type the sandbox gives them. ``.`` is not compared."""
@@ -247,14 +251,17 @@ def expected_flat(composed: ContentIndex, actual: ContentIndex) -> tuple[Content
     have = {
         p: e
         for p, e in actual.items()
-        if p != ROOT
-        and not ours(p)
-        and not (p not in expected and _EXTRA_KINDS.get(p) == e.kind)
+        if p != ROOT and not ours(p) and not (p not in expected and _EXTRA_KINDS.get(p) == e.kind)
     }
     # The merge gives directories the metadata of the topmost layer; opaqueness is a
     # layer's property only.
-    expected = {p: Entry(e.kind, e.mode, e.size, "" if e.kind == "d" else e.extra) for p, e in expected.items()}
-    have = {p: Entry(e.kind, e.mode, e.size, "" if e.kind == "d" else e.extra) for p, e in have.items()}
+    expected = {
+        p: Entry(e.kind, e.mode, e.size, "" if e.kind == "d" else e.extra)
+        for p, e in expected.items()
+    }
+    have = {
+        p: Entry(e.kind, e.mode, e.size, "" if e.kind == "d" else e.extra) for p, e in have.items()
+    }
     return expected, have
 
 
@@ -335,14 +342,19 @@ class _Checker:
                     tree,
                     ".",
                     f"flat tree of image {image_id} is not checked: "
-                    + ("no manifest on disk lists its layers" if layers is None else
-                       "a layer of it has no content index"),
+                    + (
+                        "no manifest on disk lists its layers"
+                        if layers is None
+                        else "a layer of it has no content index"
+                    ),
                     refs,
                 )
             )
             return
         composed = compose(
-            (index, self.wh_files[d]) for index, d in zip(indexes, layers) if index is not None
+            (index, self.wh_files[d])
+            for index, d in zip(indexes, layers, strict=True)
+            if index is not None
         )
         expected, actual = expected_flat(composed, index_tree(self.root / tree, self.hashes))
         for kind, path, what in differences(expected, actual):

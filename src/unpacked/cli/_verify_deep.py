@@ -16,8 +16,8 @@ from unpacked.cli._context import registry_options
 from unpacked.publish import Publisher
 from unpacked.registry import RegistryClient
 from unpacked.verify_deep import (
-    DeepReport,
     DeepRepair,
+    DeepReport,
     reconvert_with,
     repair_content,
     verify_content,
