@@ -74,3 +74,15 @@ def test_noop_benchmark(tmp_path: Path) -> None:
     assert summary["in_process"]["outcomes"] == {"unchanged": 3}
     assert summary["cli"]["outcomes"] == {"unchanged": 3}
     assert summary["cli"]["median_seconds"] > 0
+
+
+@needs_registry_tools
+def test_verify_deep_benchmark(tmp_path: Path) -> None:
+    summary, output = run_benchmark("verify_deep", tmp_path, *TINY)
+    assert set(summary["ratios"]) == {
+        "verify --deep / sha256sum  (target <= 1.5)",
+        "convert with content index / without",
+    }
+    assert summary["files"] > 0
+    assert all(r["median_seconds"] > 0 for r in summary["results"].values())
+    assert "verify --deep / sha256sum" in output
