@@ -115,6 +115,7 @@ def _run_in(workdir: Path, args: argparse.Namespace) -> dict[str, object]:
                 [UNPACKED, "-q", "convert-single-image", remote, "--repo", f"dir:{repo}"],
                 check=True,
                 timeout=1800,
+                stdout=subprocess.DEVNULL,
             )
         files, size = _layer_files(repo, workdir / "files.list")
         bench = Bench(workdir, remotes[0], repo, workdir / "files.list")

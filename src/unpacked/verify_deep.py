@@ -410,6 +410,8 @@ class DeepRepair:
     failed: tuple[tuple[str, str], ...]
     """``(reference, error)`` of the images whose re-conversion failed."""
     after: DeepReport
+    unreferenced: tuple[str, ...] = ()
+    """Image ids of damaged flat trees no published image names (garbage collection's)."""
 
 
 Reconvert = Callable[[ImageStatus, str, bool], None]
@@ -455,7 +457,10 @@ def repair_content(
         else:
             reconverted.append(status.reference)
     after = verify_content(publisher, lock_timeout=lock_timeout)
-    return DeepRepair(before, tuple(removed), tuple(reconverted), tuple(failed), after)
+    unreferenced = tuple(sorted(before.damaged_flat_trees - flats))
+    return DeepRepair(
+        before, tuple(removed), tuple(reconverted), tuple(failed), after, unreferenced
+    )
 
 
 def reconvert_with(client: RegistryClient, publisher: Publisher, lock_timeout: float) -> Reconvert:

@@ -69,17 +69,20 @@ def _with_deep(
     """The structural check (or repair) first: the content check reads its records."""
     if args.repair:
         repaired = repair_repository(publisher, options=options, lock_timeout=args.lock_timeout)
-        report, value = repaired.after, _repair_json(repaired, command)
-        text = _repair_text(repaired, command)
+        value, text = _repair_json(repaired, command), _repair_text(repaired, command)
     else:
         report = verify_repository(publisher, options=options, lock_timeout=args.lock_timeout)
         value, text = _report_json(report, command), _report_text(report, command)
     result = deep.deep(args, publisher)
+    if args.repair:  # the structure once more: a re-conversion may have failed half-way
+        report = verify_repository(publisher, options=options, lock_timeout=args.lock_timeout)
+        value = {**value, **_report_json(report, command)}
+        text = f"{text}\n{_report_text(report, command)}" if not report.clean else text
     if args.json:
         render.print_json({**value, "deep": deep.to_json(result)})
     else:
         render.print_text(f"{text}\n{deep.to_text(result)}")
-    return EXIT_OK if report.clean and deep.final(result).clean else EXIT_FAILURE
+    return EXIT_OK if report.clean and deep.succeeded(result) else EXIT_FAILURE
 
 
 class _Reconvert:

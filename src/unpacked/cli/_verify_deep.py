@@ -37,6 +37,11 @@ def final(result: DeepReport | DeepRepair) -> DeepReport:
     return result.after if isinstance(result, DeepRepair) else result
 
 
+def succeeded(result: DeepReport | DeepRepair) -> bool:
+    """Clean, and (after a repair) every image converted again."""
+    return final(result).clean and not (isinstance(result, DeepRepair) and result.failed)
+
+
 def to_json(result: DeepReport | DeepRepair) -> dict[str, object]:
     report = final(result)
     value: dict[str, object] = {
@@ -49,6 +54,7 @@ def to_json(result: DeepReport | DeepRepair) -> dict[str, object]:
         value["removed"] = [str(path) for path in result.removed]
         value["reconverted"] = list(result.reconverted)
         value["failed"] = [{"reference": ref, "error": error} for ref, error in result.failed]
+        value["unreferenced"] = list(result.unreferenced)
     return value
 
 
@@ -66,6 +72,11 @@ def to_text(result: DeepReport | DeepRepair) -> str:
         lines += [f"  removed {path}" for path in result.removed]
         lines += [f"  converted again: {ref}" for ref in result.reconverted]
         lines += [f"  not converted: {ref}: {error}" for ref, error in result.failed]
+        lines += [
+            f"  left: flat tree of {image_id}: no published image uses it "
+            "(garbage collection removes it)"
+            for image_id in result.unreferenced
+        ]
     report = final(result)
     head = f"{report.checked_layers} layer(s), {report.checked_flat_trees} flat tree(s)"
     if report.clean:
