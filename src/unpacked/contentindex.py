@@ -27,8 +27,8 @@ import hashlib
 import json
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from unpacked.layers._fs import OPAQUE_XATTR
 
@@ -50,11 +50,10 @@ _KINDS = {
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+class Entry(NamedTuple):
     """One entry: ``kind`` f/d/l/c/b/p/s, permission bits, size (0 for directories), and
     ``extra``: the sha256 hex of a file, a link's target, ``major,minor`` of a device,
-    ``o`` for an opaque directory."""
+    ``o`` for an opaque directory. A tuple: millions are made and compared per check."""
 
     kind: str
     mode: int
@@ -78,8 +77,8 @@ class Entry:
 ContentIndex = dict[str, Entry]
 """Path (relative, ``.`` for the root) to entry."""
 
-InodeHashes = dict[tuple[int, int, int, int], str]
-"""sha256 hex by (device, inode, size, mtime ns): a file linked from many trees is read once."""
+InodeEntries = dict[tuple[int, int], Entry]
+"""Entries of non-directories by (device, inode): a file linked from many trees is read once."""
 
 
 def _kind_name(kind: str) -> str:
@@ -97,30 +96,42 @@ def _extra_change(kind: str, before: str, after: str) -> str:
     return f"device {before} -> {after}"
 
 
-def index_tree(root: Path, hashes: InodeHashes | None = None) -> ContentIndex:
-    """The index of the tree at ``root``, never following a symlink."""
-    hashes = {} if hashes is None else hashes
-    index: ContentIndex = {ROOT: _entry(str(root), os.lstat(root), hashes)}
-    stack = [(str(root), "")]
+def index_tree(root: Path, known: InodeEntries | None = None) -> ContentIndex:
+    """The index of the tree at ``root``, never following a symlink.
+
+    A non-directory's entry is all its inode's (type, mode, size, content), so one seen
+    before, through any tree sharing ``known``, is taken as it was then without another
+    ``lstat`` or read: the readdir entry gives its inode number, the directory its device.
+    """
+    known = {} if known is None else known
+    top = os.lstat(root)
+    index: ContentIndex = {ROOT: _entry(str(root), top)}
+    stack = [(str(root), "", top.st_dev)]
     while stack:
-        directory, prefix = stack.pop()
+        directory, prefix, device = stack.pop()
         with os.scandir(directory) as entries:
             for item in entries:
                 if not prefix and item.name == CATALOG_MARKER:
                     continue
-                path = prefix + os.fsdecode(item.name)
-                st = item.stat(follow_symlinks=False)
-                index[path] = _entry(item.path, st, hashes)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append((item.path, path + "/"))
+                path = prefix + item.name
+                if item.is_dir(follow_symlinks=False):
+                    st = item.stat(follow_symlinks=False)
+                    index[path] = _entry(item.path, st)
+                    stack.append((item.path, path + "/", st.st_dev))
+                    continue
+                key = (device, item.inode())
+                entry = known.get(key)
+                if entry is None:
+                    entry = known[key] = _entry(item.path, item.stat(follow_symlinks=False))
+                index[path] = entry
     return index
 
 
-def _entry(path: str, st: os.stat_result, hashes: InodeHashes) -> Entry:
+def _entry(path: str, st: os.stat_result) -> Entry:
     kind = _KINDS.get(stat.S_IFMT(st.st_mode), "s")
     mode = stat.S_IMODE(st.st_mode)
     if kind == "f":
-        return Entry(kind, mode, st.st_size, _file_hash(path, st, hashes))
+        return Entry(kind, mode, st.st_size, file_sha256(path, st.st_size))
     if kind == "d":
         return Entry(kind, mode, 0, "o" if _opaque(path) else "")
     if kind == "l":
@@ -135,14 +146,6 @@ def _opaque(path: str) -> bool:
         return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
     except OSError:  # no such xattr, or none readable here (unprivileged, some file systems)
         return False
-
-
-def _file_hash(path: str, st: os.stat_result, hashes: InodeHashes) -> str:
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    known = hashes.get(key)
-    if known is None:
-        known = hashes[key] = file_sha256(path, st.st_size)
-    return known
 
 
 def file_sha256(path: str, size: int) -> str:
@@ -172,15 +175,12 @@ def to_bytes(index: ContentIndex) -> bytes:
 def from_bytes(raw: bytes, *, what: str) -> ContentIndex:
     """Parse ``to_bytes`` output; ``ValueError`` naming ``what`` if it is not one."""
     try:
-        lines = gzip.decompress(raw).decode().splitlines()
-        header = json.loads(lines[0])
-        if header != {"content-index": _VERSION}:
-            raise ValueError(f"unknown header {lines[0]!r}")
-        index: ContentIndex = {}
-        for line in lines[1:]:
-            path, kind, mode, size, extra = json.loads(line)
-            index[path] = Entry(kind, int(mode), int(size), extra)
-        return index
+        header, _, body = gzip.decompress(raw).decode().partition("\n")
+        if json.loads(header) != {"content-index": _VERSION}:
+            raise ValueError(f"unknown header {header!r}")
+        # One parse of the whole body: a call per line costs more than the hashing saves.
+        rows = json.loads("[" + body.rstrip("\n").replace("\n", ",") + "]")
+        return {row[0]: Entry(*row[1:]) for row in rows}
     except (OSError, EOFError, UnicodeDecodeError, IndexError, TypeError, ValueError) as exc:
         raise ValueError(f"{what}: not a content index: {exc}") from exc
 

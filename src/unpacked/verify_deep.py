@@ -20,23 +20,18 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from unpacked import layout
 from unpacked.apptainer import BIND_POINTS, LINKS, PLACEHOLDERS
-from unpacked.contentindex import ROOT, ContentIndex, Entry, InodeHashes, from_bytes, index_tree
-from unpacked.convert import ConvertOptions, convert_image
+from unpacked.contentindex import ROOT, ContentIndex, Entry, InodeEntries, from_bytes, index_tree
 from unpacked.digest import Digest
 from unpacked.errors import UnpackedError
 from unpacked.manifest import Manifest
-from unpacked.platform import Platform
 from unpacked.publish import Publisher
 from unpacked.records import ImageStatus, parse_layer_records
-from unpacked.reference import parse as parse_reference
-from unpacked.registry import RegistryClient
 from unpacked.verify import Snapshot, _locked, scan
 
 logger = logging.getLogger(__name__)
@@ -163,21 +158,21 @@ def _images(snapshot: Snapshot) -> _Images:
 # --- comparing ------------------------------------------------------------------------------
 
 
-def differences(
-    expected: ContentIndex, actual: ContentIndex
-) -> Iterator[tuple[DeepKind, str, str]]:
+def differences(expected: ContentIndex, actual: ContentIndex) -> list[tuple[DeepKind, str, str]]:
     """``(kind, path, what)`` for each entry that is not as expected, sorted by path."""
-    for path in sorted(expected.keys() | actual.keys()):
-        want, have = expected.get(path), actual.get(path)
+    found = []
+    for path, want in expected.items():
+        have = actual.get(path)
+        if have == want:
+            continue
         if have is None:
-            assert want is not None
-            yield DeepKind.MISSING, path, f"missing (was a {_describe(want)})"
-        elif want is None:
-            yield DeepKind.ADDED, path, f"added ({_describe(have)})"
+            found.append((DeepKind.MISSING, path, f"missing (was a {_describe(want)})"))
         else:
-            changes = have.differences(want)
-            if changes:
-                yield DeepKind.CHANGED, path, "changed: " + ", ".join(changes)
+            what = "changed: " + ", ".join(have.differences(want))
+            found.append((DeepKind.CHANGED, path, what))
+    for path in actual.keys() - expected.keys():
+        found.append((DeepKind.ADDED, path, f"added ({_describe(actual[path])})"))
+    return sorted(found, key=lambda item: item[1])
 
 
 def _describe(entry: Entry) -> str:
@@ -188,15 +183,19 @@ def compose(layers: Iterable[tuple[ContentIndex, bool]]) -> ContentIndex:
     """The flat tree of ``(layer index, wh_files)`` stacked bottom to top (overlay rules)."""
     tree: ContentIndex = {}
     for index, wh_files in layers:
-        hidden, under, upper = _layer_effects(index, wh_files)
-        # A non-directory over a lower directory replaces it with what was under it.
-        under |= {
-            path
-            for path, entry in upper.items()
-            if entry.kind != "d" and (lower := tree.get(path)) is not None and lower.kind == "d"
-        }
-        if hidden or under:
-            tree = {p: e for p, e in tree.items() if not _hidden(p, hidden, under)}
+        hidden, opaque, upper = _layer_effects(index, wh_files)
+        if ROOT in opaque:
+            tree = {}
+        # What is under a path whited out, an opaque directory, or a directory replaced by
+        # a non-directory goes: one pass, prefixes matched in C.
+        replaced = {p for p, e in upper.items() if e.kind != "d"}
+        prefixes = tuple(
+            f"{path}/"
+            for path in hidden | opaque | replaced
+            if (lower := tree.get(path)) is not None and lower.kind == "d"
+        )
+        if hidden or prefixes:
+            tree = {p: e for p, e in tree.items() if p not in hidden and not p.startswith(prefixes)}
         tree.update(upper)
     tree.pop(ROOT, None)
     return tree
@@ -225,18 +224,6 @@ def _layer_effects(
     return hidden, opaque, upper
 
 
-def _hidden(path: str, hidden: set[str], under: set[str]) -> bool:
-    if path in hidden or ROOT in under:
-        return True
-    end = path.find("/")
-    while end != -1:
-        ancestor = path[:end]
-        if ancestor in hidden or ancestor in under:
-            return True
-        end = path.find("/", end + 1)
-    return False
-
-
 def expected_flat(
     composed: ContentIndex, actual: ContentIndex
 ) -> tuple[ContentIndex, ContentIndex]:
@@ -247,22 +234,19 @@ def expected_flat(
     def ours(path: str) -> bool:
         return path == _SANDBOX_DIR or path.startswith(_SANDBOX_DIR + "/")
 
-    expected = {p: e for p, e in composed.items() if not ours(p)}
+    expected = {p: _comparable(e) for p, e in composed.items() if not ours(p)}
     have = {
-        p: e
+        p: _comparable(e)
         for p, e in actual.items()
         if p != ROOT and not ours(p) and not (p not in expected and _EXTRA_KINDS.get(p) == e.kind)
     }
+    return expected, have
+
+
+def _comparable(entry: Entry) -> Entry:
     # The merge gives directories the metadata of the topmost layer; opaqueness is a
     # layer's property only.
-    expected = {
-        p: Entry(e.kind, e.mode, e.size, "" if e.kind == "d" else e.extra)
-        for p, e in expected.items()
-    }
-    have = {
-        p: Entry(e.kind, e.mode, e.size, "" if e.kind == "d" else e.extra) for p, e in have.items()
-    }
-    return expected, have
+    return entry._replace(extra="") if entry.kind == "d" and entry.extra else entry
 
 
 # --- the walk -------------------------------------------------------------------------------
@@ -272,7 +256,7 @@ def expected_flat(
 class _Checker:
     root: Path
     images: _Images
-    hashes: InodeHashes = field(default_factory=dict)
+    known: InodeEntries = field(default_factory=dict)
     indexes: dict[str, ContentIndex | None] = field(default_factory=dict)
     wh_files: dict[str, bool] = field(default_factory=dict)
     findings: list[DeepFinding] = field(default_factory=list)
@@ -286,7 +270,7 @@ class _Checker:
         self.wh_files[digest] = self._wh_files(parsed)
         if expected is None:
             return
-        actual = index_tree(self.root / tree, self.hashes)
+        actual = index_tree(self.root / tree, self.known)
         for kind, path, what in differences(expected, actual):
             self.findings.append(
                 DeepFinding(
@@ -356,7 +340,7 @@ class _Checker:
             for index, d in zip(indexes, layers, strict=True)
             if index is not None
         )
-        expected, actual = expected_flat(composed, index_tree(self.root / tree, self.hashes))
+        expected, actual = expected_flat(composed, index_tree(self.root / tree, self.known))
         for kind, path, what in differences(expected, actual):
             self.findings.append(
                 DeepFinding(
@@ -461,25 +445,3 @@ def repair_content(
     return DeepRepair(
         before, tuple(removed), tuple(reconverted), tuple(failed), after, unreferenced
     )
-
-
-def reconvert_with(client: RegistryClient, publisher: Publisher, lock_timeout: float) -> Reconvert:
-    """A ``Reconvert`` that runs ``convert_image`` with the options the image was published
-    with, as far as the repository tells (platform, links, flat tree)."""
-
-    def run(status: ImageStatus, name: str, with_flat: bool) -> None:
-        reference = parse_reference(status.reference)
-        platform = Platform.parse(status.platform)
-        only_multiarch = name.startswith(f"{layout.MULTIARCH}/")
-        link = layout.multiarch_link(platform, reference)
-        options = ConvertOptions(
-            platform=platform,
-            skip_flat=not with_flat,
-            public_link=not only_multiarch,
-            multiarch=only_multiarch or os.path.lexists(publisher.root / link),
-            lock_timeout=lock_timeout,
-        )
-        logger.info("repair: convert %s again", reference)
-        convert_image(reference, client=client, publisher=publisher, options=options)
-
-    return run

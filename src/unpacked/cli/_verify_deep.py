@@ -11,14 +11,20 @@ adds ``"deep"``: ``{"clean", "findings": [{"kind", "tree", "path", "message",
 from __future__ import annotations
 
 import argparse
+import os
 
+from unpacked import layout
 from unpacked.cli._context import registry_options
+from unpacked.convert import ConvertOptions, convert_image
+from unpacked.platform import Platform
 from unpacked.publish import Publisher
+from unpacked.records import ImageStatus
+from unpacked.reference import parse as parse_reference
 from unpacked.registry import RegistryClient
 from unpacked.verify_deep import (
     DeepRepair,
     DeepReport,
-    reconvert_with,
+    Reconvert,
     repair_content,
     verify_content,
 )
@@ -29,8 +35,29 @@ def deep(args: argparse.Namespace, publisher: Publisher) -> DeepReport | DeepRep
     if not args.repair:
         return verify_content(publisher, lock_timeout=args.lock_timeout)
     with RegistryClient(registry_options(args)) as client:
-        reconvert = reconvert_with(client, publisher, args.lock_timeout)
+        reconvert = _reconvert_with(client, publisher, args.lock_timeout)
         return repair_content(publisher, reconvert, lock_timeout=args.lock_timeout)
+
+
+def _reconvert_with(client: RegistryClient, publisher: Publisher, lock_timeout: float) -> Reconvert:
+    """``convert_image`` with the options the image was published with, as far as the
+    repository tells (platform, links, flat tree)."""
+
+    def run(status: ImageStatus, name: str, with_flat: bool) -> None:
+        reference = parse_reference(status.reference)
+        platform = Platform.parse(status.platform)
+        only_multiarch = name.startswith(f"{layout.MULTIARCH}/")
+        link = layout.multiarch_link(platform, reference)
+        options = ConvertOptions(
+            platform=platform,
+            skip_flat=not with_flat,
+            public_link=not only_multiarch,
+            multiarch=only_multiarch or os.path.lexists(publisher.root / link),
+            lock_timeout=lock_timeout,
+        )
+        convert_image(reference, client=client, publisher=publisher, options=options)
+
+    return run
 
 
 def final(result: DeepReport | DeepRepair) -> DeepReport:
