@@ -14,8 +14,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +33,8 @@ from unpacked.reference import parse
 from unpacked.registry import RegistryClient, RegistryOptions
 from unpacked.verify_deep import compose
 
-PushImage = object
+PushImage = Callable[..., object]
+Json = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -96,8 +99,8 @@ def pristine(
     )
     app = build_image(tmp / "app", [base, top_a])
     tool = build_image(tmp / "tool", [base, top_b])
-    push_image(app, "deep/app:1")  # type: ignore[operator]
-    push_image(tool, "deep/tool:1")  # type: ignore[operator]
+    push_image(app, "deep/app:1")
+    push_image(tool, "deep/tool:1")
     publisher = open_publisher(f"dir:{tmp / 'repo'}")
     with RegistryClient(RegistryOptions()) as client:
         for repo_tag in ("app:1", "tool:1"):
@@ -123,13 +126,13 @@ def repo(pristine: Repo, tmp_path: Path) -> Repo:
     )
 
 
-def _deep(repo: Repo, *extra: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, dict]:  # type: ignore[type-arg]
+def _deep(repo: Repo, *extra: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, Json]:
     capsys.readouterr()
     code = main(["verify", "--repo", repo.spec, "--deep", "--json", *extra])
     return code, json.loads(capsys.readouterr().out)
 
 
-def _found(deep: dict) -> set[tuple[str, str, str]]:  # type: ignore[type-arg]
+def _found(deep: Json) -> set[tuple[str, str, str]]:
     return {(f["kind"], f["tree"], f["path"]) for f in deep["findings"]}
 
 
