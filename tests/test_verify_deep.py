@@ -11,6 +11,7 @@ repository and writes into it the way a runtime with a writable root would.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -25,7 +26,7 @@ from support.oci import TarEntry, build_image, tar_bytes
 from support.registry import RegistryServer
 from unpacked import layout
 from unpacked.cli import EXIT_FAILURE, EXIT_OK, main
-from unpacked.contentindex import Entry, from_bytes
+from unpacked.contentindex import Entry, from_bytes, index_tree, to_bytes
 from unpacked.convert import convert_image
 from unpacked.digest import Digest
 from unpacked.publish import open_publisher
@@ -245,3 +246,28 @@ def test_compose_applies_wh_files_whiteouts_and_opaque_markers() -> None:
     assert compose([(lower, True), (upper, True)]) == {"a": d, "a/z": f, "c": d, "c/w": f}
     overlay = {".": d, "b": Entry("c", 0, 0, "0,0"), "a": Entry("d", 0o755, 0, "o")}
     assert compose([(lower, False), (overlay, False)]) == {"a": overlay["a"], "c": f}
+
+
+def test_index_round_trips_every_entry_kind(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "small").write_bytes(b"s")
+    (tree / "large").write_bytes(b"L" * (3 << 20))  # past the one-read size
+    os.chmod(tree / "large", 0o644)
+    os.symlink("../dangling", tree / "link")
+    os.mkfifo(tree / "fifo", 0o600)
+    os.mkdir(tree / os.fsdecode(b"caf\xe9"), 0o555)
+    os.link(tree / "small", tree / "hard")
+    (tree / layout.CATALOG_MARKER).write_bytes(b"")
+    index = index_tree(tree)
+    assert from_bytes(to_bytes(index), what="t") == index
+    assert set(index) == {".", "small", "large", "link", "fifo", "hard", os.fsdecode(b"caf\xe9")}
+    assert index["large"] == Entry(
+        "f", 0o644, 3 << 20, hashlib.sha256(b"L" * (3 << 20)).hexdigest()
+    )
+    assert index["hard"] == index["small"]
+    assert index["link"] == Entry("l", 0o777, 11, "../dangling")
+    assert index[os.fsdecode(b"caf\xe9")] == Entry("d", 0o555, 0, "")
+    assert index["fifo"] == Entry("p", 0o600, 0, "")
+    with pytest.raises(ValueError, match="t: not a content index"):
+        from_bytes(b"not gzip", what="t")
