@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from support.corpus import CORPUS
 from support.oci import TarEntry, build_image, tar_bytes
 from support.registry import RegistryServer
 from unpacked import layout
@@ -271,3 +272,25 @@ def test_index_round_trips_every_entry_kind(tmp_path: Path) -> None:
     assert index["fifo"] == Entry("p", 0o600, 0, "")
     with pytest.raises(ValueError, match="t: not a content index"):
         from_bytes(b"not gzip", what="t")
+
+
+def test_every_corpus_image_verifies_clean(
+    tmp_path: Path,
+    push_image: PushImage,
+    registry: RegistryServer,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The indexes composed in layer order are the merged flat tree, for every awkward case
+    of the corpus (whiteouts before their targets, opaque roots, hard links, symlinked
+    parents, devices, xattrs, replacements, every compression), all in one repository."""
+    publisher = open_publisher(f"dir:{tmp_path / 'repo'}")
+    with RegistryClient(RegistryOptions()) as client:
+        for image in CORPUS:
+            push_image(image.build(tmp_path / "layout"), f"deep-corpus/{image.name}:latest")
+            reference = parse(f"{registry.host}/deep-corpus/{image.name}:latest")
+            convert_image(reference, client=client, publisher=publisher)
+    capsys.readouterr()
+    code = main(["verify", "--repo", publisher.spec, "--deep", "--json"])
+    value = json.loads(capsys.readouterr().out)
+    assert (value["deep"]["findings"], value["deep"]["notices"]) == ([], [])
+    assert code == EXIT_OK
