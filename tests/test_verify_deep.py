@@ -294,3 +294,19 @@ def test_every_corpus_image_verifies_clean(
     value = json.loads(capsys.readouterr().out)
     assert (value["deep"]["findings"], value["deep"]["notices"]) == ([], [])
     assert code == EXIT_OK
+
+
+def test_repair_removes_nothing_when_the_registry_cannot_serve_an_image(
+    repo: Repo, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with open(repo.flat(repo.app) / "etc/os-release", "ab") as stream:
+        stream.write(b"EXTRA=1\n")
+    closed = f"--mirror={repo.registry}=http://127.0.0.1:1"  # nothing listens on port 1
+    code, value = _deep(repo, "--repair", "--timeout", "5", closed, capsys=capsys)
+    assert code == EXIT_FAILURE
+    assert value["deep"]["removed"] == [] and value["deep"]["reconverted"] == []
+    failed = {item["reference"] for item in value["deep"]["failed"]}
+    assert failed == {repo.name("app:1"), repo.name("tool:1")}
+    assert all("nothing removed" in item["error"] for item in value["deep"]["failed"])
+    assert repo.flat(repo.app).is_dir() and repo.layerfs(repo.base).is_dir()
+    assert len(value["deep"]["findings"]) == 3  # still there, still named

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 from unpacked import layout
 from unpacked.apptainer import BIND_POINTS, LINKS, PLACEHOLDERS
@@ -398,50 +399,94 @@ class DeepRepair:
     """Image ids of damaged flat trees no published image names (garbage collection's)."""
 
 
-Reconvert = Callable[[ImageStatus, str, bool], None]
-"""Convert the image with this status again: its ``.metadata`` name, and whether it had a
-flat tree (else it was published with ``--skip-flat``)."""
+class Reconverter(Protocol):
+    """How ``repair_content`` reaches the registry (the CLI builds one around a client)."""
+
+    def check(self, status: ImageStatus) -> None:
+        """Raise ``UnpackedError`` if the registry cannot serve the image now."""
+
+    def convert(self, status: ImageStatus, name: str, with_flat: bool) -> None:
+        """Convert the image again; ``name``: its ``.metadata`` path; ``with_flat``: it had
+        a flat tree (else it was published with ``--skip-flat``)."""
 
 
 def repair_content(
-    publisher: Publisher, reconvert: Reconvert, *, lock_timeout: float = 600.0
+    publisher: Publisher, reconverter: Reconverter, *, lock_timeout: float = 600.0
 ) -> DeepRepair:
     """Remove the damaged layers and flat trees in one transaction, then convert the
     images that used them again (from the registry), and check again.
 
     Removing a layer makes every image listing it incomplete, so ``convert`` unpacks the
     layer anew for the first and reuses it for the others; a flat tree removed is built
-    again. A damaged flat tree no published image names is left to garbage collection.
+    again. Nothing is removed unless the registry answers for every image to convert (a
+    changed file is better than a dangling link). A damaged flat tree no published image
+    names is left to garbage collection.
     """
     before = verify_content(publisher, lock_timeout=lock_timeout)
     snapshot = scan(publisher.root, private=False)
     images = _images(snapshot)
-    statuses = {image.name: image.status for image in snapshot.images}
-    layers = before.damaged_layers
     flats = {i for i in before.damaged_flat_trees if images.names.get(i)}
-    affected = flats | {i for d in layers for i in images.users.get(d, ())}
-    names = images.references(affected)
-    removed = [layout.layer_dir(Digest.parse(d)) for d in sorted(layers)]
-    removed += [layout.flat_dir(Digest.parse(i)) for i in sorted(flats)]
-    if removed:
-        with publisher.transaction(lock_timeout=lock_timeout) as tx:
-            for path in removed:
-                logger.info("repair: remove %s", path)
-                tx.remove(path)
-    reconverted, failed = [], []
-    for name in names:
-        status = statuses[name]
-        if not isinstance(status, ImageStatus):
-            failed.append((name, "its status.json is unusable; run 'unpacked verify --repair'"))
-            continue
-        try:
-            reconvert(status, name, status.image_id in snapshot.flat_trees)
-        except UnpackedError as exc:  # reported per image; the others go on
-            failed.append((status.reference, str(exc)))
-        else:
-            reconverted.append(status.reference)
+    affected = flats | {i for d in before.damaged_layers for i in images.users.get(d, ())}
+    todo = _statuses(snapshot, images.references(affected))
+    failed = [(name, reason) for name, reason in todo if isinstance(reason, str)]
+    failed += _unreachable(reconverter, [s for _, s in todo if isinstance(s, ImageStatus)])
+    removed: list[PurePosixPath] = []
+    reconverted: list[str] = []
+    if not failed:
+        removed = [layout.layer_dir(Digest.parse(d)) for d in sorted(before.damaged_layers)]
+        removed += [layout.flat_dir(Digest.parse(i)) for i in sorted(flats)]
+        _remove(publisher, removed, lock_timeout)
+        reconverted, failed = _convert_all(reconverter, todo, snapshot.flat_trees)
     after = verify_content(publisher, lock_timeout=lock_timeout)
     unreferenced = tuple(sorted(before.damaged_flat_trees - flats))
     return DeepRepair(
         before, tuple(removed), tuple(reconverted), tuple(failed), after, unreferenced
     )
+
+
+def _statuses(snapshot: Snapshot, names: Iterable[str]) -> list[tuple[str, ImageStatus | str]]:
+    """Each name with its status, or why it has none usable."""
+    statuses = {image.name: image.status for image in snapshot.images}
+    return [
+        (name, status)
+        if isinstance(status := statuses[name], ImageStatus)
+        else (name, "its status.json is unusable; run 'unpacked verify --repair' first")
+        for name in names
+    ]
+
+
+def _unreachable(
+    reconverter: Reconverter, statuses: Iterable[ImageStatus]
+) -> list[tuple[str, str]]:
+    failed = []
+    for status in statuses:
+        try:
+            reconverter.check(status)
+        except UnpackedError as exc:
+            failed.append((status.reference, f"{exc} (nothing removed)"))
+    return failed
+
+
+def _remove(publisher: Publisher, paths: list[PurePosixPath], lock_timeout: float) -> None:
+    if paths:
+        with publisher.transaction(lock_timeout=lock_timeout) as tx:
+            for path in paths:
+                logger.info("repair: remove %s", path)
+                tx.remove(path)
+
+
+def _convert_all(
+    reconverter: Reconverter,
+    todo: list[tuple[str, ImageStatus | str]],
+    flat_trees: frozenset[str],
+) -> tuple[list[str], list[tuple[str, str]]]:
+    reconverted, failed = [], []
+    for name, status in todo:
+        assert isinstance(status, ImageStatus)  # checked before anything was removed
+        try:
+            reconverter.convert(status, name, status.image_id in flat_trees)
+        except UnpackedError as exc:  # reported per image; the others go on
+            failed.append((status.reference, str(exc)))
+        else:
+            reconverted.append(status.reference)
+    return reconverted, failed

@@ -24,7 +24,6 @@ from unpacked.registry import RegistryClient
 from unpacked.verify_deep import (
     DeepRepair,
     DeepReport,
-    Reconvert,
     repair_content,
     verify_content,
 )
@@ -35,15 +34,23 @@ def deep(args: argparse.Namespace, publisher: Publisher) -> DeepReport | DeepRep
     if not args.repair:
         return verify_content(publisher, lock_timeout=args.lock_timeout)
     with RegistryClient(registry_options(args)) as client:
-        reconvert = _reconvert_with(client, publisher, args.lock_timeout)
-        return repair_content(publisher, reconvert, lock_timeout=args.lock_timeout)
+        reconverter = _Reconverter(client, publisher, args.lock_timeout)
+        return repair_content(publisher, reconverter, lock_timeout=args.lock_timeout)
 
 
-def _reconvert_with(client: RegistryClient, publisher: Publisher, lock_timeout: float) -> Reconvert:
+class _Reconverter:
     """``convert_image`` with the options the image was published with, as far as the
     repository tells (platform, links, flat tree)."""
 
-    def run(status: ImageStatus, name: str, with_flat: bool) -> None:
+    def __init__(self, client: RegistryClient, publisher: Publisher, lock_timeout: float) -> None:
+        self._client = client
+        self._publisher = publisher
+        self._lock_timeout = lock_timeout
+
+    def check(self, status: ImageStatus) -> None:
+        self._client.head_manifest(parse_reference(status.reference))
+
+    def convert(self, status: ImageStatus, name: str, with_flat: bool) -> None:
         reference = parse_reference(status.reference)
         platform = Platform.parse(status.platform)
         only_multiarch = name.startswith(f"{layout.MULTIARCH}/")
@@ -52,12 +59,10 @@ def _reconvert_with(client: RegistryClient, publisher: Publisher, lock_timeout: 
             platform=platform,
             skip_flat=not with_flat,
             public_link=not only_multiarch,
-            multiarch=only_multiarch or os.path.lexists(publisher.root / link),
-            lock_timeout=lock_timeout,
+            multiarch=only_multiarch or os.path.lexists(self._publisher.root / link),
+            lock_timeout=self._lock_timeout,
         )
-        convert_image(reference, client=client, publisher=publisher, options=options)
-
-    return run
+        convert_image(reference, client=self._client, publisher=self._publisher, options=options)
 
 
 def final(result: DeepReport | DeepRepair) -> DeepReport:
