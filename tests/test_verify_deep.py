@@ -27,13 +27,12 @@ from support.oci import TarEntry, build_image, tar_bytes
 from support.registry import RegistryServer
 from unpacked import layout
 from unpacked.cli import EXIT_FAILURE, EXIT_OK, main
-from unpacked.contentindex import Entry, from_bytes, index_tree, to_bytes
+from unpacked.contentindex import Entry, compose, from_bytes, index_tree, to_bytes
 from unpacked.convert import convert_image
 from unpacked.digest import Digest
 from unpacked.publish import open_publisher
 from unpacked.reference import parse
 from unpacked.registry import RegistryClient, RegistryOptions
-from unpacked.verify_deep import compose
 
 PushImage = Callable[..., object]
 Json = dict[str, Any]

@@ -18,6 +18,8 @@ gain files): gzip'd JSON lines, a header object then one array per entry, sorted
 Paths are relative to the tree (``.`` is its root), decoded with the file-system
 encoding (``surrogateescape``: JSON's ``\\udcxx`` escapes round-trip non-UTF-8 names).
 The root's ``.cvmfscatalog`` marker is ours, not the image's, and is left out.
+
+``compose`` stacks layer indexes into the index of the flat tree they make.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -77,7 +80,7 @@ class Entry(NamedTuple):
 ContentIndex = dict[str, Entry]
 """Path (relative, ``.`` for the root) to entry."""
 
-InodeEntries = dict[tuple[int, int], Entry]
+InodeEntries = MutableMapping[tuple[int, int], Entry]
 """Entries of non-directories by (device, inode): a file linked from many trees is read once."""
 
 
@@ -161,6 +164,51 @@ def file_sha256(path: str, size: int) -> str:
             return hashlib.file_digest(stream, "sha256").hexdigest()
     finally:
         os.close(fd)
+
+
+def compose(layers: Iterable[tuple[ContentIndex, bool]]) -> ContentIndex:
+    """The flat tree of ``(layer index, wh_files)`` stacked bottom to top (overlay rules)."""
+    tree: ContentIndex = {}
+    for index, wh_files in layers:
+        hidden, opaque, upper = _layer_effects(index, wh_files)
+        if ROOT in opaque:
+            tree = {}
+        # What is under a path whited out, an opaque directory, or a directory replaced by
+        # a non-directory goes: one pass, prefixes matched in C.
+        replaced = {p for p, e in upper.items() if e.kind != "d"}
+        prefixes = tuple(
+            f"{path}/"
+            for path in hidden | opaque | replaced
+            if (lower := tree.get(path)) is not None and lower.kind == "d"
+        )
+        if hidden or prefixes:
+            tree = {p: e for p, e in tree.items() if p not in hidden and not p.startswith(prefixes)}
+        tree.update(upper)
+    tree.pop(ROOT, None)
+    return tree
+
+
+def _layer_effects(
+    index: ContentIndex, wh_files: bool
+) -> tuple[set[str], set[str], dict[str, Entry]]:
+    """Paths this layer whites out (with what is under them), its opaque directories (what
+    is under them below is hidden), and its own entries."""
+    hidden: set[str] = set()
+    opaque: set[str] = set()
+    upper: dict[str, Entry] = {}
+    for path, entry in index.items():
+        parent, _, name = path.rpartition("/")
+        if wh_files and name == ".wh..wh..opq":
+            opaque.add(parent or ROOT)
+        elif wh_files and name.startswith(".wh."):
+            hidden.add(f"{parent}/{name[4:]}" if parent else name[4:])
+        elif not wh_files and entry.kind == "c" and entry.extra == "0,0":
+            hidden.add(path)
+        else:
+            if entry.kind == "d" and entry.extra == "o":
+                opaque.add(path)
+            upper[path] = entry
+    return hidden, opaque, upper
 
 
 def to_bytes(index: ContentIndex) -> bytes:

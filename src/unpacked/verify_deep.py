@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections import ChainMap, Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -27,7 +28,15 @@ from typing import Protocol
 
 from unpacked import layout
 from unpacked.apptainer import BIND_POINTS, LINKS, PLACEHOLDERS
-from unpacked.contentindex import ROOT, ContentIndex, Entry, InodeEntries, from_bytes, index_tree
+from unpacked.contentindex import (
+    ROOT,
+    ContentIndex,
+    Entry,
+    InodeEntries,
+    compose,
+    from_bytes,
+    index_tree,
+)
 from unpacked.digest import Digest
 from unpacked.errors import UnpackedError
 from unpacked.manifest import Manifest
@@ -180,51 +189,6 @@ def _describe(entry: Entry) -> str:
     return {"f": "file", "d": "directory", "l": "symlink"}.get(entry.kind, "special file")
 
 
-def compose(layers: Iterable[tuple[ContentIndex, bool]]) -> ContentIndex:
-    """The flat tree of ``(layer index, wh_files)`` stacked bottom to top (overlay rules)."""
-    tree: ContentIndex = {}
-    for index, wh_files in layers:
-        hidden, opaque, upper = _layer_effects(index, wh_files)
-        if ROOT in opaque:
-            tree = {}
-        # What is under a path whited out, an opaque directory, or a directory replaced by
-        # a non-directory goes: one pass, prefixes matched in C.
-        replaced = {p for p, e in upper.items() if e.kind != "d"}
-        prefixes = tuple(
-            f"{path}/"
-            for path in hidden | opaque | replaced
-            if (lower := tree.get(path)) is not None and lower.kind == "d"
-        )
-        if hidden or prefixes:
-            tree = {p: e for p, e in tree.items() if p not in hidden and not p.startswith(prefixes)}
-        tree.update(upper)
-    tree.pop(ROOT, None)
-    return tree
-
-
-def _layer_effects(
-    index: ContentIndex, wh_files: bool
-) -> tuple[set[str], set[str], dict[str, Entry]]:
-    """Paths this layer whites out (with what is under them), its opaque directories (what
-    is under them below is hidden), and its own entries."""
-    hidden: set[str] = set()
-    opaque: set[str] = set()
-    upper: dict[str, Entry] = {}
-    for path, entry in index.items():
-        parent, _, name = path.rpartition("/")
-        if wh_files and name == ".wh..wh..opq":
-            opaque.add(parent or ROOT)
-        elif wh_files and name.startswith(".wh."):
-            hidden.add(f"{parent}/{name[4:]}" if parent else name[4:])
-        elif not wh_files and entry.kind == "c" and entry.extra == "0,0":
-            hidden.add(path)
-        else:
-            if entry.kind == "d" and entry.extra == "o":
-                opaque.add(path)
-            upper[path] = entry
-    return hidden, opaque, upper
-
-
 def expected_flat(
     composed: ContentIndex, actual: ContentIndex
 ) -> tuple[ContentIndex, ContentIndex]:
@@ -257,8 +221,9 @@ def _comparable(entry: Entry) -> Entry:
 class _Checker:
     root: Path
     images: _Images
-    known: InodeEntries = field(default_factory=dict)
     indexes: dict[str, ContentIndex | None] = field(default_factory=dict)
+    known: dict[str, InodeEntries] = field(default_factory=dict)
+    """Per layer still needed: its inodes' entries, which its images' flat trees link."""
     wh_files: dict[str, bool] = field(default_factory=dict)
     findings: list[DeepFinding] = field(default_factory=list)
 
@@ -271,7 +236,7 @@ class _Checker:
         self.wh_files[digest] = self._wh_files(parsed)
         if expected is None:
             return
-        actual = index_tree(self.root / tree, self.known)
+        actual = index_tree(self.root / tree, self.known.setdefault(digest, {}))
         for kind, path, what in differences(expected, actual):
             self.findings.append(
                 DeepFinding(
@@ -315,6 +280,10 @@ class _Checker:
             return False
         return any(record.get("unpacked-whiteouts") == "wh-files" for record in records)
 
+    def forget(self, digest: str) -> None:
+        self.indexes.pop(digest, None)
+        self.known.pop(digest, None)
+
     def flat(self, image_id: str) -> None:
         tree = layout.flat_dir(Digest.parse(image_id))
         refs = self.images.references([image_id])
@@ -341,7 +310,8 @@ class _Checker:
             for index, d in zip(indexes, layers, strict=True)
             if index is not None
         )
-        expected, actual = expected_flat(composed, index_tree(self.root / tree, self.known))
+        known = ChainMap({}, *(self.known.get(d, {}) for d in layers))
+        expected, actual = expected_flat(composed, index_tree(self.root / tree, known))
         for kind, path, what in differences(expected, actual):
             self.findings.append(
                 DeepFinding(
@@ -360,14 +330,31 @@ def _names(refs: tuple[str, ...]) -> str:
 
 
 def check_content(root: Path, snapshot: Snapshot, spec: str = "") -> DeepReport:
-    """Walk every layer and flat tree of the repository at ``root``; changes nothing."""
+    """Walk every layer and flat tree of the repository at ``root``; changes nothing.
+
+    Image by image, its layers first (each once): a layer's index and inode entries are
+    kept only until the last flat tree using it is checked, so memory follows the images
+    in progress, not the repository.
+    """
     checker = _Checker(root, _images(snapshot))
-    layers = [layer.digest for layer in snapshot.layers if layer.has_layerfs]
-    for digest in layers:
-        checker.layer(digest)
-    for image_id in sorted(snapshot.flat_trees):
+    present = {layer.digest for layer in snapshot.layers if layer.has_layerfs}
+    flats = sorted(snapshot.flat_trees)
+    pending = Counter(d for i in flats for d in set(checker.images.layers.get(i, ())))
+    checked: set[str] = set()
+    for image_id in flats:
+        layers = checker.images.layers.get(image_id, ())
+        for digest in present.intersection(layers) - checked:
+            checker.layer(digest)
+            checked.add(digest)
         checker.flat(image_id)
-    return DeepReport(spec, tuple(checker.findings), len(layers), len(snapshot.flat_trees))
+        for digest in set(layers):
+            pending[digest] -= 1
+            if not pending[digest]:
+                checker.forget(digest)
+    for digest in sorted(present - checked):  # no flat tree uses it
+        checker.layer(digest)
+        checker.forget(digest)
+    return DeepReport(spec, tuple(checker.findings), len(present), len(flats))
 
 
 def verify_content(publisher: Publisher, *, lock_timeout: float = 600.0) -> DeepReport:
