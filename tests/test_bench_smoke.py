@@ -95,3 +95,14 @@ def test_faults_benchmark(tmp_path: Path) -> None:
     assert "median to give up" in output
     assert summary["median_seconds"] > 0
     assert "did not answer in time" in summary["message"]
+
+
+def test_verify_deep_benchmark(tmp_path: Path) -> None:
+    summary, output = run_benchmark("verify_deep", tmp_path, *TINY)
+    assert set(summary["ratios"]) == {
+        "verify --deep / sha256sum  (target <= 1.5)",
+        "convert with content index / without",
+    }
+    assert summary["files"] > 0
+    assert all(r["median_seconds"] > 0 for r in summary["results"].values())
+    assert "verify --deep / sha256sum" in output

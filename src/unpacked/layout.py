@@ -20,6 +20,9 @@ MULTIARCH = PurePosixPath(".multiarch")
 PODMAN_STORE = PurePosixPath("podmanStore")
 CATALOG_MARKER = ".cvmfscatalog"
 REMOVE_SCHEDULE = METADATA / "remove-schedule.json"
+CONTENT_INDEX = "content.gz"
+"""Name of a layer's content index in its ``.metadata`` (next to origin.json, outside
+``layerfs``, which must hold the layer's files only)."""
 
 # uname -m spellings users type, mapped to the OCI architecture names used in .multiarch.
 ARCH_ALIASES: dict[str, str] = {
@@ -68,6 +71,11 @@ def layer_origin_file(layer_digest: Digest) -> PurePosixPath:
 def layer_record_file(layer_digest: Digest) -> PurePosixPath:
     """``layers.json``: the podman-style record of this layer."""
     return layer_dir(layer_digest) / ".metadata" / "layers.json"
+
+
+def layer_content_index(layer_digest: Digest) -> PurePosixPath:
+    """``content.gz``: the content index of the layer's ``layerfs`` (``verify --deep``)."""
+    return layer_dir(layer_digest) / ".metadata" / CONTENT_INDEX
 
 
 def public_link(reference: Reference) -> PurePosixPath:

@@ -279,7 +279,12 @@ _DESCRIPTION = (
     "--repair fixes, in one transaction, what needs no registry: origin.json, catalog "
     "markers, absolute links, stale staging, temporary files; orphan flat trees are "
     "scheduled for garbage collection, never deleted. What needs a re-conversion is "
-    "listed with the command to run."
+    "listed with the command to run. "
+    "--deep also reads every file: each layer against the content index recorded when it "
+    "was unpacked, each flat tree against its layers' indexes composed in order, naming "
+    "each changed, added or missing file and the images it affects (flat trees share "
+    "inodes with layers and other images); with --repair it removes the damaged layers "
+    "and flat trees and converts their images again from the registry."
 )
 
 
@@ -299,6 +304,12 @@ def _add_verify_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="the repository is published with --skip-layers: do not expect layer directories",
     )
     parser.add_argument(
+        "--deep",
+        action="store_true",
+        help="check every file of every layer and flat tree against the content indexes "
+        "(with --repair: re-create what differs from the registry)",
+    )
+    parser.add_argument(
         "--lock-timeout",
         type=float,
         default=600.0,
@@ -306,6 +317,7 @@ def _add_verify_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]
         help="how long to wait for a running transaction (default: %(default)g)",
     )
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    add_registry_options(parser, platform=False)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -22,8 +22,10 @@ import shlex
 
 from unpacked.cli import EXIT_FAILURE, EXIT_OK
 from unpacked.cli import _render as render
+from unpacked.cli import _verify_deep as deep
 from unpacked.cli._context import publisher_for
 from unpacked.errors import ConfigError
+from unpacked.publish import Publisher
 from unpacked.verify import (
     Finding,
     RepairReport,
@@ -43,6 +45,8 @@ def verify(args: argparse.Namespace) -> int:
     publisher = publisher_for(args.repo)
     options = VerifyOptions(skip_layers=args.skip_layers)
     command = _Reconvert(publisher.spec, args.skip_layers)
+    if args.deep:
+        return _with_deep(args, publisher, options, command)
     if args.repair:
         repaired = repair_repository(publisher, options=options, lock_timeout=args.lock_timeout)
         report = repaired.after
@@ -57,6 +61,28 @@ def verify(args: argparse.Namespace) -> int:
         else:
             render.print_text(_report_text(report, command))
     return EXIT_OK if report.clean else EXIT_FAILURE
+
+
+def _with_deep(
+    args: argparse.Namespace, publisher: Publisher, options: VerifyOptions, command: _Reconvert
+) -> int:
+    """The structural check (or repair) first: the content check reads its records."""
+    if args.repair:
+        repaired = repair_repository(publisher, options=options, lock_timeout=args.lock_timeout)
+        value, text = _repair_json(repaired, command), _repair_text(repaired, command)
+    else:
+        report = verify_repository(publisher, options=options, lock_timeout=args.lock_timeout)
+        value, text = _report_json(report, command), _report_text(report, command)
+    result = deep.deep(args, publisher)
+    if args.repair:  # the structure once more: a re-conversion may have failed half-way
+        report = verify_repository(publisher, options=options, lock_timeout=args.lock_timeout)
+        value = {**value, **_report_json(report, command)}
+        text = f"{text}\n{_report_text(report, command)}" if not report.clean else text
+    if args.json:
+        render.print_json({**value, "deep": deep.to_json(result)})
+    else:
+        render.print_text(f"{text}\n{deep.to_text(result)}")
+    return EXIT_OK if report.clean and deep.succeeded(result) else EXIT_FAILURE
 
 
 class _Reconvert:

@@ -106,7 +106,9 @@ class Job:
                 self._unpack_flat_only(tx, work, flat)
         else:
             self._unpack_layers(tx, work, flat)
-            write_layer_records(tx, self.image, work, when)
+            write_layer_records(
+                tx, self.image, work, when, index_content=self.options.content_index
+            )
         if flat is not None:
             self._finish_flat(flat)
         self._write_metadata(tx, previous, when)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from unpacked import layout
+from unpacked.contentindex import write_index
 from unpacked.convert._model import ConvertOptions
 from unpacked.digest import Digest
 from unpacked.errors import PublishError
@@ -75,9 +76,15 @@ def stored_layer_facts(tx: Transaction, item: LayerWork, name: str) -> tuple[str
 
 
 def write_layer_records(
-    tx: Transaction, image: ResolvedImage, work: list[LayerWork], when: str
+    tx: Transaction,
+    image: ResolvedImage,
+    work: list[LayerWork],
+    when: str,
+    *,
+    index_content: bool = True,
 ) -> None:
-    """origin.json (this image added) and layers.json (this image's layer ids) of each layer.
+    """origin.json (this image added) and layers.json (this image's layer ids) of each layer,
+    and the content index of each new one (``index_content``; only benchmarks turn it off).
 
     A layer may stand at several positions of one image (empty layers do): its records
     are collected first and each file is written once.
@@ -107,6 +114,9 @@ def write_layer_records(
             (metadata / "layers.json").write_bytes(
                 merge_layer_records([], records[digest]) or b"[]"
             )
+            if index_content:
+                # The layer is complete here, and the index is published with it.
+                write_index(item.layerfs, metadata / layout.CONTENT_INDEX)
         else:
             _update_layer_metadata(tx, digest, records[digest], image_id)
 

@@ -52,6 +52,8 @@ class ConvertOptions:
     lock_timeout: float = 600.0
     max_layer_size: SizeLimit = field(default_factory=SizeLimit)
     """How much one layer may decompress to (against decompression bombs)."""
+    content_index: bool = True
+    """Write each new layer's content index (``verify --deep``); off only to measure its cost."""
 
 
 @dataclass(frozen=True)
