@@ -261,6 +261,8 @@ def directory(ctx: Context, member: tarfile.TarInfo, place: Place) -> None:
         if not merged:
             clear(ctx, place)
             os.mkdir(place.name, 0o700, dir_fd=place.dir_fd)
+    if not merged:
+        ctx.tree.made(place.parts)
     found = ctx.tree.directory(place.parts, create=False)
     if found is None:
         raise LayerError(f"layer {ctx.layer}: directory {member.name!r} vanished")
