@@ -32,6 +32,7 @@ _XATTR_PREFIX = "SCHILY.xattr."
 # handling may write them, never a layer.
 _FORBIDDEN_XATTR = "trusted.overlay."
 _NS = 10**9
+DEVICE_SKIPPED = "device node: not permitted (unprivileged)"
 
 _T = TypeVar("_T")
 
@@ -66,6 +67,8 @@ class Context:
     they take the lower directory's metadata when the layer is complete."""
     defer_lower: bool = False
     """LAYERFS: the lower tree exists but is not ready; needing it raises LowerLayersNeeded."""
+    whited: set[Parts] = field(default_factory=set)
+    """LAYERFS: paths this layer whites out, checked at its end against what it created."""
 
     def created(self, parts: Parts) -> None:
         """FLAT: record that this layer created ``parts`` (and so its parents hold its content)."""
@@ -460,7 +463,7 @@ def device(ctx: Context, member: tarfile.TarInfo, place: Place) -> None:
     )
     if not made:
         clear(ctx, place)  # the layer still replaces what lower layers had here
-        ctx.report.skip(display(place.parts), "device node: not permitted (unprivileged)")
+        ctx.report.skip(display(place.parts), DEVICE_SKIPPED)
         return
     _metadata_at(ctx, member, place, mode=True)
 

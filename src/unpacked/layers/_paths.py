@@ -89,6 +89,8 @@ class Tree:
         st = os.fstat(self.root_fd)
         self.times[()] = (st.st_atime_ns, st.st_mtime_ns)
         self._seen: set[Parts] = {()}
+        self.whiteout_devices = False
+        """LAYERFS as root: a 0/0 device is the layer's whiteout; a missing parent replaces it."""
         self._fds: OrderedDict[Parts, int] = OrderedDict()
         self._resolved: dict[Parts, Parts] = {}
         self._capacity = _fd_limit()
@@ -210,22 +212,21 @@ class Tree:
         except FileNotFoundError:
             if not create:
                 return None
-            os.mkdir(part, 0o755, dir_fd=fd)
-            child_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            # mkdir's mode is filtered by the umask; missing parents are 0755 in every image tool.
-            os.fchmod(child_fd, 0o755)
-            self.created.append(child)
-            self._seen.add(child)
+            child_fd = self._make_parent(fd, part, child)
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                 raise
             st = os.stat(part, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 return os.readlink(part, dir_fd=fd)
-            raise LayerError(
-                f"layer {self.layer}: {display(child)!r} is not a directory, "
-                f"but entry path {display(parts)!r} needs it to be one"
-            ) from None
+            if not (create and self.whiteout_devices and _is_whiteout(st)):
+                raise LayerError(
+                    f"layer {self.layer}: {display(child)!r} is not a directory, "
+                    f"but entry path {display(parts)!r} needs it to be one"
+                ) from None
+            # The layer whited the path out and now puts an entry below it.
+            os.unlink(part, dir_fd=fd)
+            child_fd = self._make_parent(fd, part, child)
         else:
             if child not in self._seen:
                 self._seen.add(child)
@@ -233,3 +234,16 @@ class Tree:
                 self.times[child] = (st.st_atime_ns, st.st_mtime_ns)
         self._fds[child] = child_fd
         return child_fd
+
+    def _make_parent(self, fd: int, part: str, child: Parts) -> int:
+        os.mkdir(part, 0o755, dir_fd=fd)
+        child_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        # mkdir's mode is filtered by the umask; missing parents are 0755 in every image tool.
+        os.fchmod(child_fd, 0o755)
+        self.created.append(child)
+        self._seen.add(child)
+        return child_fd
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
