@@ -184,6 +184,10 @@ def _apply_member(ctx: Context, mode: Whiteouts, member: tarfile.TarInfo) -> Non
             and _whiteouts.concerns(parts)
         ):
             _whiteouts.apply(ctx, mode, member, parts)
+        elif (
+            mode is Whiteouts.KEEP and _whiteouts.concerns(parts) and _whiteouts.blocked(ctx, parts)
+        ):
+            pass
         else:
             _create(ctx, member, parts)
             if mode is Whiteouts.KEEP:

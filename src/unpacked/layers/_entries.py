@@ -312,11 +312,13 @@ def inherit_lower_directory(ctx: Context, parts: Parts) -> None:
     mean to change it. Called once the layer is complete, so times are final.
     """
     assert ctx.lower is not None
-    below = ctx.lower.directory(parts, create=False)
     try:
+        below = ctx.lower.directory(parts, create=False)
         here = ctx.tree.directory(parts, create=False)
     except LayerError:
-        return  # replaced by a non-directory later in the layer
+        # Not a directory below (a whiteout's parent over a lower file), or
+        # replaced by a non-directory later in the layer: nothing to take.
+        return
     if below is None or below[1] != parts or here is None or here[1] != parts:
         return  # not a real directory below (absent, or reached through a symlink)
     st = os.fstat(below[0])

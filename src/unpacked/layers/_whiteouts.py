@@ -59,6 +59,8 @@ def apply(ctx: Context, mode: Whiteouts, member: tarfile.TarInfo, parts: Parts) 
     if _under_aufs_metadata(parts) or (base.startswith(_AUFS_META) and base != OPAQUE):
         ctx.report.skip(display(parts), "aufs metadata")
         return
+    if blocked(ctx, parts):
+        return
     if base == OPAQUE:
         _opaque(ctx, mode, parts[:-1])
         return
@@ -72,7 +74,12 @@ def apply(ctx: Context, mode: Whiteouts, member: tarfile.TarInfo, parts: Parts) 
 
 
 def _remove(ctx: Context, parent: Parts, name: str) -> None:
-    found = ctx.tree.directory(parent, create=False)
+    try:
+        found = ctx.tree.directory(parent, create=False)
+    except UnsafeLayerError:
+        raise
+    except LayerError:
+        return  # a parent is not a directory: nothing below to hide (as umoci)
     if found is None:
         return  # nothing below to hide
     fd, resolved = found
@@ -83,8 +90,11 @@ def _remove(ctx: Context, parent: Parts, name: str) -> None:
 
 
 def _opaque(ctx: Context, mode: Whiteouts, parent: Parts) -> None:
-    found = ctx.tree.directory(parent, create=True)
-    assert found is not None
+    # FLAT: a marker hides lower content; with no directory below there is none
+    # (umoci does not create it). LAYERFS: the directory holds the marker.
+    found = ctx.tree.directory(parent, create=mode is Whiteouts.OVERLAY)
+    if found is None:
+        return
     fd, resolved = found
     if mode is Whiteouts.OVERLAY:
         os.setxattr(fd, OPAQUE_XATTR, b"y")
@@ -112,6 +122,21 @@ def _remove_lower_content(ctx: Context, fd: int, resolved: Parts, upper: set[Par
                 # A directory of this layer that merged into a lower one: the
                 # lower part of it is hidden too.
                 pending.append(child)
+
+
+def blocked(ctx: Context, parts: Parts) -> bool:
+    """Whether a parent of whiteout ``parts`` is not a directory: it then hides nothing.
+
+    What the whiteout would hide below is hidden already by the non-directory
+    (of this layer in LAYERFS), as umoci does with such a whiteout.
+    """
+    try:
+        ctx.tree.directory(parts[:-1], create=False)
+    except UnsafeLayerError:
+        raise
+    except LayerError:
+        return True
+    return False
 
 
 def _overlay_whiteout(ctx: Context, member: tarfile.TarInfo, parent: Parts, name: str) -> None:
