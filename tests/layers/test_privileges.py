@@ -13,12 +13,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,17 +29,6 @@ NOBODY = 65534
 HELPER = Path(__file__).with_name("unpriv_apply.py")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become uid 65534")
-
-
-@pytest.fixture
-def workspace() -> Iterator[Path]:
-    # Not under pytest's tmp_path: /tmp/pytest-of-root is 0700, closed to 65534.
-    path = Path(tempfile.mkdtemp(prefix="unpacked-unpriv-", dir="/tmp"))
-    path.chmod(0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
 
 
 def owned_dir(path: Path) -> Path:

@@ -24,8 +24,15 @@ Decisions that differ between tools, made here:
 - Modes: directories get at least ``u+rwx`` and files ``u+r``, so unprivileged
   runtimes can use the tree and it can be removed; changes are reported.
 - Unprivileged: owners are not applied (counted), device nodes are skipped
-  (listed), fifos are created, ``trusted.*``/``security.*`` xattrs give a
+  (listed, and one warning per layer names them, as ``umoci --rootless``
+  does), fifos are created, ``trusted.*``/``security.*`` xattrs give a
   warning, and LAYERFS keeps ``.wh.`` files (``whiteouts="wh-files"``).
+- LAYERFS: a layer that whites out a path and also creates it (in either
+  order) keeps its entry and no marker; a directory is made opaque, so the
+  lower one's content stays hidden as in a FLAT tree (OCI: a whiteout hides
+  lower layers only).
+- Errors: any exception that is not an ``UnpackedError`` becomes a
+  ``LayerError`` naming the layer and the entry; never a traceback.
 - ``trusted.overlay.*`` xattrs in a layer are ignored: they would change how
   overlayfs reads the tree.
 - LAYERFS: an opaque marker in the layer root is spelled out (whiteouts for

@@ -10,10 +10,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from unpacked.digest import Digest, Readable
-from unpacked.errors import LayerError, UnsafeLayerError
+from unpacked.errors import LayerError, UnpackedError, UnsafeLayerError
 from unpacked.layers import _fs, _whiteouts
 from unpacked.layers._compression import opened
 from unpacked.layers._entries import (
+    DEVICE_SKIPPED,
     HANDLERS,
     Context,
     Place,
@@ -48,17 +49,43 @@ def apply_layer(
     ``pending`` says what ``complete_layer`` must do once they are, and a hard
     link into them raises ``LowerLayersNeeded``. The stream is read to its end.
     Raises ``LayerError`` (or ``UnsafeLayerError`` for an entry that would leave
-    ``root``) naming the layer and the entry; ``root`` is then partly written.
+    ``root``) naming the layer and the entry, for every failure, an unexpected
+    one included; ``root`` is then partly written.
     """
     if (lower is not None or defer_lower) and target is not Target.LAYERFS:
         raise ValueError("lower and defer_lower are only used with Target.LAYERFS")
     if lower is not None and defer_lower:
         raise ValueError("lower is given: nothing to defer")
+    position = _Position()
     try:
-        return _apply(tar_stream, root, target=target, lower=lower, defer=defer_lower, name=name)
+        return _apply(
+            tar_stream, root, target=target, lower=lower, defer=defer_lower, name=name, at=position
+        )
+    except UnpackedError:
+        raise
     except OSError as exc:
         # Entries are named by _apply_member; what is left concerns the layer's directories.
         raise LayerError(f"layer {name}: {root}: {exc.strerror or exc}") from exc
+    except Exception as exc:
+        # A defect of ours, met on this layer: the user needs the layer and the
+        # entry to report it or to work around it, never a traceback.
+        logger.debug("layer %s: unexpected error", name, exc_info=True)
+        raise LayerError(
+            f"layer {name}: {position.describe()}: unexpected {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+class _Position:
+    """The entry a layer is at, for the message of an unexpected error."""
+
+    def __init__(self) -> None:
+        self.entry: str | None = None
+        self.done = False
+
+    def describe(self) -> str:
+        if self.done:
+            return "after its last entry"
+        return "before its first entry" if self.entry is None else f"entry {self.entry!r}"
 
 
 def _apply(
@@ -69,6 +96,7 @@ def _apply(
     lower: Path | None,
     defer: bool,
     name: str,
+    at: _Position,
 ) -> ApplyReport:
     fs = _fs.select()
     with contextlib.ExitStack() as trees:
@@ -88,12 +116,17 @@ def _apply(
             defer_lower=defer,
         )
         for member in reader:
+            at.entry = member.name
             report.entries += 1
             _apply_member(ctx, mode, member)
+        at.done = True
+        if target is Target.LAYERFS:
+            _whiteouts.reconcile(ctx, mode)
         _finish(ctx, reader)
         if target is Target.LAYERFS:
             _lower_layers(ctx, defer)
     result = report.build()
+    _warn_devices(result, name)
     logger.debug(
         "layer %s: %d entries, %d bytes, whiteouts %s",
         name,
@@ -104,6 +137,27 @@ def _apply(
     return result
 
 
+# Enough names to find them in the image; the report keeps the full list.
+_NAMED_DEVICES = 20
+
+
+def _warn_devices(report: ApplyReport, name: str) -> None:
+    """One warning per layer naming the device nodes not created, as ``umoci --rootless``."""
+    devices = [path for path, why in report.skipped if why == DEVICE_SKIPPED]
+    if not devices:
+        return
+    shown = ", ".join(devices[:_NAMED_DEVICES])
+    more = len(devices) - _NAMED_DEVICES
+    logger.warning(
+        "layer %s: %d device node%s not created (not root): %s%s",
+        name,
+        len(devices),
+        "" if len(devices) == 1 else "s",
+        shown,
+        f" and {more} more" if more > 0 else "",
+    )
+
+
 def _whiteout_mode(
     target: Target, fs: _fs.FileSystem, tree: Tree
 ) -> tuple[Whiteouts, ReportBuilder]:
@@ -111,6 +165,7 @@ def _whiteout_mode(
         return Whiteouts.RESOLVE, ReportBuilder(whiteouts=Whiteouts.RESOLVE.value)
     reason = fs.overlay_whiteouts(tree.root_fd)
     if reason is None:
+        tree.whiteout_devices = True
         return Whiteouts.OVERLAY, ReportBuilder(whiteouts=Whiteouts.OVERLAY.value)
     report = ReportBuilder(whiteouts=Whiteouts.KEEP.value)
     if fs.privileged:
@@ -129,8 +184,14 @@ def _apply_member(ctx: Context, mode: Whiteouts, member: tarfile.TarInfo) -> Non
             and _whiteouts.concerns(parts)
         ):
             _whiteouts.apply(ctx, mode, member, parts)
+        elif (
+            mode is Whiteouts.KEEP and _whiteouts.concerns(parts) and _whiteouts.blocked(ctx, parts)
+        ):
+            pass
         else:
             _create(ctx, member, parts)
+            if mode is Whiteouts.KEEP:
+                _whiteouts.kept(ctx, parts)
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in a PAX name
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise LayerError(f"layer {ctx.layer}: entry {member.name!r}: {reason}") from exc

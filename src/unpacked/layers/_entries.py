@@ -32,6 +32,7 @@ _XATTR_PREFIX = "SCHILY.xattr."
 # handling may write them, never a layer.
 _FORBIDDEN_XATTR = "trusted.overlay."
 _NS = 10**9
+DEVICE_SKIPPED = "device node: not permitted (unprivileged)"
 
 _T = TypeVar("_T")
 
@@ -66,6 +67,8 @@ class Context:
     they take the lower directory's metadata when the layer is complete."""
     defer_lower: bool = False
     """LAYERFS: the lower tree exists but is not ready; needing it raises LowerLayersNeeded."""
+    whited: set[Parts] = field(default_factory=set)
+    """LAYERFS: paths this layer whites out, checked at its end against what it created."""
 
     def created(self, parts: Parts) -> None:
         """FLAT: record that this layer created ``parts`` (and so its parents hold its content)."""
@@ -261,6 +264,8 @@ def directory(ctx: Context, member: tarfile.TarInfo, place: Place) -> None:
         if not merged:
             clear(ctx, place)
             os.mkdir(place.name, 0o700, dir_fd=place.dir_fd)
+    if not merged:
+        ctx.tree.made(place.parts)
     found = ctx.tree.directory(place.parts, create=False)
     if found is None:
         raise LayerError(f"layer {ctx.layer}: directory {member.name!r} vanished")
@@ -307,11 +312,13 @@ def inherit_lower_directory(ctx: Context, parts: Parts) -> None:
     mean to change it. Called once the layer is complete, so times are final.
     """
     assert ctx.lower is not None
-    below = ctx.lower.directory(parts, create=False)
     try:
+        below = ctx.lower.directory(parts, create=False)
         here = ctx.tree.directory(parts, create=False)
     except LayerError:
-        return  # replaced by a non-directory later in the layer
+        # Not a directory below (a whiteout's parent over a lower file), or
+        # replaced by a non-directory later in the layer: nothing to take.
+        return
     if below is None or below[1] != parts or here is None or here[1] != parts:
         return  # not a real directory below (absent, or reached through a symlink)
     st = os.fstat(below[0])
@@ -458,7 +465,7 @@ def device(ctx: Context, member: tarfile.TarInfo, place: Place) -> None:
     )
     if not made:
         clear(ctx, place)  # the layer still replaces what lower layers had here
-        ctx.report.skip(display(place.parts), "device node: not permitted (unprivileged)")
+        ctx.report.skip(display(place.parts), DEVICE_SKIPPED)
         return
     _metadata_at(ctx, member, place, mode=True)
 

@@ -74,7 +74,11 @@ class Tree:
 
     ``times`` collects the (atime, mtime) of every pre-existing directory the
     walk opened, before anything in it changed, so the layer can put them back.
-    ``created`` receives directories the walk had to create (missing parents).
+    They are taken at the first sight of a directory only: one the layer made
+    (``made``, or a missing parent the walk created) has no times to put back,
+    and a directory closed to stay below the fd limit and opened again has
+    already changed. ``created`` receives directories the walk had to create
+    (missing parents).
     """
 
     def __init__(self, root: Path, *, layer: str) -> None:
@@ -84,6 +88,9 @@ class Tree:
         self.created: list[Parts] = []
         st = os.fstat(self.root_fd)
         self.times[()] = (st.st_atime_ns, st.st_mtime_ns)
+        self._seen: set[Parts] = {()}
+        self.whiteout_devices = False
+        """LAYERFS as root: a 0/0 device is the layer's whiteout; a missing parent replaces it."""
         self._fds: OrderedDict[Parts, int] = OrderedDict()
         self._resolved: dict[Parts, Parts] = {}
         self._capacity = _fd_limit()
@@ -125,6 +132,11 @@ class Tree:
                 self._fds.move_to_end(found[1])
         return found
 
+    def made(self, parts: Parts) -> None:
+        """Directory ``parts`` (resolved) was just created by the layer: no times to put back."""
+        self._seen.add(parts)
+        self.times.pop(parts, None)
+
     def forget(self, parts: Parts, *, directory: bool) -> None:
         """Drop what may have been reached through ``parts``, which was removed or replaced."""
         self._resolved.clear()
@@ -133,6 +145,11 @@ class Tree:
         depth = len(parts)
         for key in [k for k in self._fds if k[:depth] == parts]:
             os.close(self._fds.pop(key))
+        # Whatever is made at these paths from now on is the layer's own, and
+        # stays in ``_seen`` so that opening it never takes its times.
+        for key in [k for k in self.times if k[:depth] == parts]:
+            del self.times[key]
+            self._seen.add(key)
 
     def _evict(self) -> None:
         while len(self._fds) > self._capacity:
@@ -195,24 +212,38 @@ class Tree:
         except FileNotFoundError:
             if not create:
                 return None
-            os.mkdir(part, 0o755, dir_fd=fd)
-            child_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            # mkdir's mode is filtered by the umask; missing parents are 0755 in every image tool.
-            os.fchmod(child_fd, 0o755)
-            self.created.append(child)
+            child_fd = self._make_parent(fd, part, child)
         except OSError as exc:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                 raise
             st = os.stat(part, dir_fd=fd, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 return os.readlink(part, dir_fd=fd)
-            raise LayerError(
-                f"layer {self.layer}: {display(child)!r} is not a directory, "
-                f"but entry path {display(parts)!r} needs it to be one"
-            ) from None
+            if not (create and self.whiteout_devices and _is_whiteout(st)):
+                raise LayerError(
+                    f"layer {self.layer}: {display(child)!r} is not a directory, "
+                    f"but entry path {display(parts)!r} needs it to be one"
+                ) from None
+            # The layer whited the path out and now puts an entry below it.
+            os.unlink(part, dir_fd=fd)
+            child_fd = self._make_parent(fd, part, child)
         else:
-            if child not in self.times:
+            if child not in self._seen:
+                self._seen.add(child)
                 st = os.fstat(child_fd)
                 self.times[child] = (st.st_atime_ns, st.st_mtime_ns)
         self._fds[child] = child_fd
         return child_fd
+
+    def _make_parent(self, fd: int, part: str, child: Parts) -> int:
+        os.mkdir(part, 0o755, dir_fd=fd)
+        child_fd = os.open(part, _DIR_FLAGS, dir_fd=fd)
+        # mkdir's mode is filtered by the umask; missing parents are 0755 in every image tool.
+        os.fchmod(child_fd, 0o755)
+        self.created.append(child)
+        self._seen.add(child)
+        return child_fd
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0

@@ -10,16 +10,23 @@
   directory: the form overlayfs reads in a lower directory.
 - ``KEEP`` (LAYERFS otherwise): the ``.wh.`` entries stay ordinary files; the
   caller records that choice.
+
+In LAYERFS a whiteout hides the lower layers only (OCI), so a layer that whites
+out a path and also creates it, in either order, keeps its own entry:
+``reconcile`` then drops the marker (fuse-overlayfs would hide the entry behind
+a ``.wh.`` file) and makes a directory opaque, so that the lower one's content
+stays hidden, as a FLAT tree has it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import stat
 import tarfile
 
-from unpacked.errors import UnsafeLayerError
+from unpacked.errors import LayerError, UnsafeLayerError
 from unpacked.layers import _entries
 from unpacked.layers._entries import Context, Place
 from unpacked.layers._fs import OPAQUE_XATTR
@@ -52,6 +59,8 @@ def apply(ctx: Context, mode: Whiteouts, member: tarfile.TarInfo, parts: Parts) 
     if _under_aufs_metadata(parts) or (base.startswith(_AUFS_META) and base != OPAQUE):
         ctx.report.skip(display(parts), "aufs metadata")
         return
+    if blocked(ctx, parts):
+        return
     if base == OPAQUE:
         _opaque(ctx, mode, parts[:-1])
         return
@@ -65,7 +74,12 @@ def apply(ctx: Context, mode: Whiteouts, member: tarfile.TarInfo, parts: Parts) 
 
 
 def _remove(ctx: Context, parent: Parts, name: str) -> None:
-    found = ctx.tree.directory(parent, create=False)
+    try:
+        found = ctx.tree.directory(parent, create=False)
+    except UnsafeLayerError:
+        raise
+    except LayerError:
+        return  # a parent is not a directory: nothing below to hide (as umoci)
     if found is None:
         return  # nothing below to hide
     fd, resolved = found
@@ -76,8 +90,11 @@ def _remove(ctx: Context, parent: Parts, name: str) -> None:
 
 
 def _opaque(ctx: Context, mode: Whiteouts, parent: Parts) -> None:
-    found = ctx.tree.directory(parent, create=True)
-    assert found is not None
+    # FLAT: a marker hides lower content; with no directory below there is none
+    # (umoci does not create it). LAYERFS: the directory holds the marker.
+    found = ctx.tree.directory(parent, create=mode is Whiteouts.OVERLAY)
+    if found is None:
+        return
     fd, resolved = found
     if mode is Whiteouts.OVERLAY:
         os.setxattr(fd, OPAQUE_XATTR, b"y")
@@ -107,10 +124,29 @@ def _remove_lower_content(ctx: Context, fd: int, resolved: Parts, upper: set[Par
                 pending.append(child)
 
 
+def blocked(ctx: Context, parts: Parts) -> bool:
+    """Whether a parent of whiteout ``parts`` is not a directory: it then hides nothing.
+
+    What the whiteout would hide below is hidden already by the non-directory
+    (of this layer in LAYERFS), as umoci does with such a whiteout.
+    """
+    try:
+        ctx.tree.directory(parts[:-1], create=False)
+    except UnsafeLayerError:
+        raise
+    except LayerError:
+        return True
+    return False
+
+
 def _overlay_whiteout(ctx: Context, member: tarfile.TarInfo, parent: Parts, name: str) -> None:
     found = ctx.tree.directory(parent, create=True)
     assert found is not None
     place = Place(found[0], name, (*found[1], name))
+    ctx.whited.add(place.parts)
+    existing = _lstat(place.dir_fd, name)
+    if existing is not None and not is_whiteout_device(existing):
+        return  # this layer's own entry stays; reconcile() hides the lower one below it
     _entries.clear(ctx, place)
     _whiteout_device(ctx, place.dir_fd, name, member.uid, member.gid)
     os.utime(name, ns=_entries.times(member), dir_fd=place.dir_fd, follow_symlinks=False)
@@ -150,3 +186,56 @@ def spell_out_root_opaque(ctx: Context) -> None:
             found = ctx.tree.directory((name,), create=False)
             assert found is not None
             os.setxattr(found[0], OPAQUE_XATTR, b"y")
+
+
+def is_whiteout_device(st: os.stat_result) -> bool:
+    """Whether ``st`` is the overlayfs whiteout form, a 0/0 character device."""
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def kept(ctx: Context, parts: Parts) -> None:
+    """KEEP: the ``.wh.`` file at ``parts`` was created; remember what it whites out."""
+    base = parts[-1]
+    if base.startswith(PREFIX) and not base.startswith(_AUFS_META):
+        found = ctx.tree.directory(parts[:-1], create=False)
+        if found is not None:
+            ctx.whited.add((*found[1], base[len(PREFIX) :]))
+
+
+def reconcile(ctx: Context, mode: Whiteouts) -> None:
+    """LAYERFS, end of the layer: a path both whited out and created keeps the entry only."""
+    for parts in sorted(ctx.whited):
+        try:
+            found = ctx.tree.directory(parts[:-1], create=False)
+        except UnsafeLayerError:
+            raise
+        except LayerError:
+            continue  # a parent was replaced by a non-directory later in the layer
+        if found is None or found[1] != parts[:-1]:
+            continue
+        fd, name = found[0], parts[-1]
+        existing = _lstat(fd, name)
+        if existing is None or is_whiteout_device(existing):
+            continue
+        if mode is Whiteouts.KEEP:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(PREFIX + name, dir_fd=fd)
+        if stat.S_ISDIR(existing.st_mode):
+            _make_opaque(ctx, mode, parts)
+
+
+def _make_opaque(ctx: Context, mode: Whiteouts, parts: Parts) -> None:
+    found = ctx.tree.directory(parts, create=False)
+    assert found is not None
+    if mode is Whiteouts.OVERLAY:
+        os.setxattr(found[0], OPAQUE_XATTR, b"y")
+        return
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+    os.close(os.open(OPAQUE, flags, 0o644, dir_fd=found[0]))
