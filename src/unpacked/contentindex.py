@@ -171,21 +171,27 @@ def compose(layers: Iterable[tuple[ContentIndex, bool]]) -> ContentIndex:
     tree: ContentIndex = {}
     for index, wh_files in layers:
         hidden, opaque, upper = _layer_effects(index, wh_files)
-        if ROOT in opaque:
-            tree = {}
-        # What is under a path whited out, an opaque directory, or a directory replaced by
-        # a non-directory goes: one pass, prefixes matched in C.
-        replaced = {p for p, e in upper.items() if e.kind != "d"}
-        prefixes = tuple(
-            f"{path}/"
-            for path in hidden | opaque | replaced
-            if (lower := tree.get(path)) is not None and lower.kind == "d"
-        )
-        if hidden or prefixes:
-            tree = {p: e for p, e in tree.items() if p not in hidden and not p.startswith(prefixes)}
+        tree = {} if ROOT in opaque else _hide(tree, hidden, opaque | _replaced(upper))
         tree.update(upper)
     tree.pop(ROOT, None)
     return tree
+
+
+def _replaced(upper: ContentIndex) -> set[str]:
+    return {path for path, entry in upper.items() if entry.kind != "d"}
+
+
+def _hide(tree: ContentIndex, hidden: set[str], covered: set[str]) -> ContentIndex:
+    """``tree`` without the ``hidden`` paths and what is under them or under a ``covered``
+    directory (opaque, or replaced by a non-directory): one pass, prefixes matched in C."""
+    prefixes = tuple(
+        f"{path}/"
+        for path in hidden | covered
+        if (lower := tree.get(path)) is not None and lower.kind == "d"
+    )
+    if not hidden and not prefixes:
+        return tree
+    return {p: e for p, e in tree.items() if p not in hidden and not p.startswith(prefixes)}
 
 
 def _layer_effects(
@@ -197,18 +203,29 @@ def _layer_effects(
     opaque: set[str] = set()
     upper: dict[str, Entry] = {}
     for path, entry in index.items():
-        parent, _, name = path.rpartition("/")
-        if wh_files and name == ".wh..wh..opq":
-            opaque.add(parent or ROOT)
-        elif wh_files and name.startswith(".wh."):
-            hidden.add(f"{parent}/{name[4:]}" if parent else name[4:])
-        elif not wh_files and entry.kind == "c" and entry.extra == "0,0":
-            hidden.add(path)
-        else:
+        marker = _whiteout_of(path, entry, wh_files)
+        if marker is None:
             if entry.kind == "d" and entry.extra == "o":
                 opaque.add(path)
             upper[path] = entry
+        elif marker[0]:
+            opaque.add(marker[1])
+        else:
+            hidden.add(marker[1])
     return hidden, opaque, upper
+
+
+def _whiteout_of(path: str, entry: Entry, wh_files: bool) -> tuple[bool, str] | None:
+    """``(True, directory)`` for an opaque marker, ``(False, path)`` for a whiteout of
+    ``path``, None for an entry of the tree; in either whiteout form."""
+    if not wh_files:
+        return (False, path) if entry.kind == "c" and entry.extra == "0,0" else None
+    parent, _, name = path.rpartition("/")
+    if name == ".wh..wh..opq":
+        return True, parent or ROOT
+    if name.startswith(".wh."):
+        return False, f"{parent}/{name[4:]}" if parent else name[4:]
+    return None
 
 
 def to_bytes(index: ContentIndex) -> bytes:

@@ -288,41 +288,27 @@ class _Checker:
         tree = layout.flat_dir(Digest.parse(image_id))
         refs = self.images.references([image_id])
         layers = self.images.layers.get(image_id)
-        indexes = [self.indexes.get(d) for d in layers or ()]
-        if layers is None or any(index is None for index in indexes):
-            self.findings.append(
-                DeepFinding(
-                    DeepKind.NO_INDEX,
-                    tree,
-                    ".",
-                    f"flat tree of image {image_id} is not checked: "
-                    + (
-                        "no manifest on disk lists its layers"
-                        if layers is None
-                        else "a layer of it has no content index"
-                    ),
-                    refs,
-                )
+        indexes = _all_present([self.indexes.get(d) for d in layers or ()])
+        if layers is None or indexes is None:
+            why = (
+                "no manifest on disk lists its layers"
+                if layers is None
+                else "a layer of it has no content index"
             )
+            message = f"flat tree of image {image_id} is not checked: {why}"
+            self.findings.append(DeepFinding(DeepKind.NO_INDEX, tree, ".", message, refs))
             return
-        composed = compose(
-            (index, self.wh_files[d])
-            for index, d in zip(indexes, layers, strict=True)
-            if index is not None
-        )
+        composed = compose(zip(indexes, (self.wh_files[d] for d in layers), strict=True))
         known = ChainMap({}, *(self.known.get(d, {}) for d in layers))
         expected, actual = expected_flat(composed, index_tree(self.root / tree, known))
         for kind, path, what in differences(expected, actual):
-            self.findings.append(
-                DeepFinding(
-                    kind,
-                    tree,
-                    path,
-                    f"flat tree of image {image_id} ({_names(refs)}): {path} {what}",
-                    refs,
-                    image_id=image_id,
-                )
-            )
+            message = f"flat tree of image {image_id} ({_names(refs)}): {path} {what}"
+            self.findings.append(DeepFinding(kind, tree, path, message, refs, image_id=image_id))
+
+
+def _all_present(indexes: list[ContentIndex | None]) -> list[ContentIndex] | None:
+    present = [index for index in indexes if index is not None]
+    return present if len(present) == len(indexes) else None
 
 
 def _names(refs: tuple[str, ...]) -> str:
@@ -411,10 +397,7 @@ def repair_content(
     """
     before = verify_content(publisher, lock_timeout=lock_timeout)
     snapshot = scan(publisher.root, private=False)
-    images = _images(snapshot)
-    flats = {i for i in before.damaged_flat_trees if images.names.get(i)}
-    affected = flats | {i for d in before.damaged_layers for i in images.users.get(d, ())}
-    todo = _statuses(snapshot, images.references(affected))
+    flats, todo = _plan(before, snapshot)
     failed = [(name, reason) for name, reason in todo if isinstance(reason, str)]
     failed += _unreachable(reconverter, [s for _, s in todo if isinstance(s, ImageStatus)])
     removed: list[PurePosixPath] = []
@@ -429,6 +412,17 @@ def repair_content(
     return DeepRepair(
         before, tuple(removed), tuple(reconverted), tuple(failed), after, unreferenced
     )
+
+
+def _plan(
+    before: DeepReport, snapshot: Snapshot
+) -> tuple[set[str], list[tuple[str, ImageStatus | str]]]:
+    """The damaged flat trees some published image names, and the images to convert again
+    (those and every image using a damaged layer), each with its status."""
+    images = _images(snapshot)
+    flats = {i for i in before.damaged_flat_trees if images.names.get(i)}
+    affected = flats | {i for d in before.damaged_layers for i in images.users.get(d, ())}
+    return flats, _statuses(snapshot, images.references(affected))
 
 
 def _statuses(snapshot: Snapshot, names: Iterable[str]) -> list[tuple[str, ImageStatus | str]]:
