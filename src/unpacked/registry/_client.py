@@ -4,7 +4,6 @@ distribution API), verified against their digests."""
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import threading
 import time
@@ -21,7 +20,6 @@ from unpacked.digest import Digest
 from unpacked.errors import (
     ConfigError,
     InvalidReferenceError,
-    NotFoundError,
     RegistryProtocolError,
     VerificationError,
 )
@@ -36,11 +34,21 @@ from unpacked.manifest import (
 from unpacked.platform import DEFAULT, Platform
 from unpacked.reference import Reference
 
-from ._auth import RegistryAuth, TokenCache, origin
+from ._answers import (
+    check_config,
+    check_length,
+    check_manifest,
+    display,
+    image_platform,
+    next_page,
+    parse_tags,
+    read_capped,
+    verify_manifest,
+)
+from ._auth import RegistryAuth, TokenCache
 from ._credentials import Credentials, CredentialStore, discover_auth_file, load_credentials
 from ._endpoint import Endpoint, endpoint_for
 from ._errors import Subject
-from ._link import next_link
 from ._nesting import check_not_only_nested
 from ._options import RegistryOptions
 from ._retry import RetryPolicy
@@ -169,7 +177,7 @@ class RegistryClient:
         does not count it against the pull limit). Falls back to GET when the
         registry's answer lacks the digest, size or a manifest media type."""
         pinned = _pinned(ref)
-        what = f"image {_display(ref)}"
+        what = f"image {display(ref)}"
         headers, _ = self._manifest_request(ref, "HEAD", _version(ref, pinned), what)
         descriptor = self._descriptor_from_headers(headers, what)
         if descriptor is None:
@@ -184,7 +192,7 @@ class RegistryClient:
     def get_manifest(self, ref: Reference) -> FetchedManifest:
         """The manifest or index ``ref`` points to, bytes exactly as served, verified."""
         pinned = _pinned(ref)
-        return self._fetch_manifest(ref, pinned, f"image {_display(ref)}")
+        return self._fetch_manifest(ref, pinned, f"image {display(ref)}")
 
     def resolve_image(self, ref: Reference, platform: Platform = DEFAULT) -> ResolvedImage:
         """Manifest and config of ``ref`` for ``platform``, checked for consistency.
@@ -196,24 +204,24 @@ class RegistryClient:
         top = self.get_manifest(ref)
         index = top.content if isinstance(top.content, Index) else None
         if index is not None:
-            what = f"image {_display(ref)} in registry {ref.registry}"
+            what = f"image {display(ref)} in registry {ref.registry}"
             check_not_only_nested(index, top.descriptor.digest, what, platform, self._nested(ref))
         chosen = top if index is None else self._platform_manifest(ref, index, platform)
         manifest = chosen.content
         if not isinstance(manifest, Manifest):
             raise RegistryProtocolError(
-                f"image {_display(ref)}: index entry {chosen.descriptor.digest} is itself an "
+                f"image {display(ref)}: index entry {chosen.descriptor.digest} is itself an "
                 "index; nested indexes are not supported"
             )
-        _check_manifest(ref, manifest)
+        check_manifest(ref, manifest)
         config_raw = self.get_blob(ref, manifest.config, self.options.max_config_bytes)
         config = parse_image_config(
             config_raw,
-            what=f"config {manifest.config.digest} of image {_display(ref)} "
+            what=f"config {manifest.config.digest} of image {display(ref)} "
             f"in registry {ref.registry}",
         )
-        chosen_platform = _image_platform(ref, chosen.descriptor, config, platform, index)
-        _check_config(ref, manifest, config)
+        chosen_platform = image_platform(ref, chosen.descriptor, config, platform, index)
+        check_config(ref, manifest, config)
         return ResolvedImage(
             reference=ref,
             top=top.descriptor,
@@ -234,8 +242,7 @@ class RegistryClient:
             return top.content.platforms()
         raw = self.get_blob(ref, top.content.config, self.options.max_config_bytes)
         what = (
-            f"config {top.content.config.digest} of image {_display(ref)} "
-            f"in registry {ref.registry}"
+            f"config {top.content.config.digest} of image {display(ref)} in registry {ref.registry}"
         )
         return (parse_image_config(raw, what=what).platform,)
 
@@ -293,7 +300,7 @@ class RegistryClient:
             seen.add(url)
             found, links = self._retry.run(functools.partial(self._tags_page, call, url))
             tags.update(dict.fromkeys(found))
-            following = _next_page(links, url, seen, call.subject)
+            following = next_page(links, url, seen, call.subject)
             if following is None:
                 return list(tags)
             url = following
@@ -341,14 +348,14 @@ class RegistryClient:
             if method == "HEAD":
                 return response.headers, b""
             cap = self.options.max_manifest_bytes
-            return response.headers, _read_capped(response, cap, call.subject)
+            return response.headers, read_capped(response, cap, call.subject)
 
     def _fetch_manifest(
         self, ref: Reference, expected: Digest | None, what: str, size: int | None = None
     ) -> FetchedManifest:
         headers, raw = self._manifest_request(ref, "GET", _version(ref, expected), what)
         where = f"{what} in registry {ref.registry}"
-        digest = _verify_manifest(raw, expected, headers.get("Docker-Content-Digest"), where)
+        digest = verify_manifest(raw, expected, headers.get("Docker-Content-Digest"), where)
         if size is not None and len(raw) != size:
             raise VerificationError(f"{where}: got {len(raw)} bytes, expected {size}")
         content = parse_manifest_or_index(
@@ -359,14 +366,14 @@ class RegistryClient:
     def _platform_manifest(
         self, ref: Reference, index: Index, platform: Platform
     ) -> FetchedManifest:
-        entry = index.select(platform, what=f"image {_display(ref)} in registry {ref.registry}")
+        entry = index.select(platform, what=f"image {display(ref)} in registry {ref.registry}")
         fetched = self._fetch_manifest(
-            ref, entry.digest, f"image {_display(ref)} for {entry.platform}", entry.size
+            ref, entry.digest, f"image {display(ref)} for {entry.platform}", entry.size
         )
         if fetched.descriptor.media_type != entry.media_type:
             logger.warning(
                 "image %s: the index lists %s as %s but the registry serves it as %s",
-                _display(ref),
+                display(ref),
                 entry.digest,
                 entry.media_type,
                 fetched.descriptor.media_type,
@@ -379,7 +386,7 @@ class RegistryClient:
 
     def _nested(self, ref: Reference) -> Callable[[Descriptor], Index | Manifest]:
         def fetch(entry: Descriptor) -> Index | Manifest:
-            what = f"image {_display(ref)}: nested index {entry.digest}"
+            what = f"image {display(ref)}: nested index {entry.digest}"
             return self._fetch_manifest(ref, entry.digest, what, entry.size).content
 
         return fetch
@@ -409,7 +416,7 @@ class RegistryClient:
         consume: Callable[[BlobStream], T],
     ) -> T:
         with self._open(call, "GET", url, _BLOB_HEADERS) as response:
-            _check_length(response, descriptor, call.subject)
+            check_length(response, descriptor, call.subject)
             stream = BlobStream(response.iter_raw(CHUNK_SIZE), descriptor, call.subject)
             try:
                 result = consume(stream)
@@ -421,18 +428,8 @@ class RegistryClient:
 
     def _tags_page(self, call: _Call, url: httpx.URL) -> tuple[list[str], list[str]]:
         with self._open(call, "GET", str(url), {"Accept": "application/json"}) as response:
-            body = _read_capped(response, self.options.max_manifest_bytes, call.subject)
-            return _parse_tags(body, call.subject), response.headers.get_list("Link")
-
-
-def _display(ref: Reference) -> str:
-    """``repository[:tag][@digest]``; messages add "in registry <name>" themselves."""
-    name = ref.repository
-    if ref.tag is not None:
-        name += f":{ref.tag}"
-    if ref.digest is not None:
-        name += f"@{ref.digest}"
-    return name
+            body = read_capped(response, self.options.max_manifest_bytes, call.subject)
+            return parse_tags(body, call.subject), response.headers.get_list("Link")
 
 
 def _pinned(ref: Reference) -> Digest | None:
@@ -441,7 +438,7 @@ def _pinned(ref: Reference) -> Digest | None:
     try:
         return Digest.parse(ref.digest)
     except ValueError as exc:
-        raise InvalidReferenceError(_display(ref), str(exc)) from None
+        raise InvalidReferenceError(display(ref), str(exc)) from None
 
 
 def _version(ref: Reference, pinned: Digest | None) -> str:
@@ -450,128 +447,10 @@ def _version(ref: Reference, pinned: Digest | None) -> str:
         return str(pinned)
     if ref.tag is None or any(c in ref.tag for c in "*?"):
         raise InvalidReferenceError(
-            _display(ref), "a tag pattern names no image; expand it with list_tags first"
+            display(ref), "a tag pattern names no image; expand it with list_tags first"
         )
     return ref.tag
 
 
-def _verify_manifest(
-    raw: bytes, expected: Digest | None, announced: str | None, where: str
-) -> Digest:
-    """The digest of ``raw``, checked against the reference's or else the registry's."""
-    if expected is None and announced:
-        try:
-            expected = Digest.parse(announced.strip())
-        except ValueError as exc:
-            raise RegistryProtocolError(f"{where}: bad Docker-Content-Digest ({exc})") from None
-    actual = Digest.of(raw, expected.algorithm if expected is not None else "sha256")
-    if expected is not None and actual != expected:
-        raise VerificationError(f"{where}: digest mismatch, got {actual}, expected {expected}")
-    return actual
-
-
-def _read_capped(response: httpx.Response, cap: int, subject: Subject) -> bytes:
-    def too_large(size: str) -> RegistryProtocolError:
-        return RegistryProtocolError(
-            f"{subject.what} in registry {subject.registry}: the answer is {size} bytes, "
-            f"more than the {cap} accepted"
-        )
-
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > cap:
-        raise too_large(declared)
-    body = bytearray()
-    for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) > cap:
-            raise too_large(f"over {len(body)}")
-    return bytes(body)
-
-
-def _check_length(response: httpx.Response, descriptor: Descriptor, subject: Subject) -> None:
-    declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) != descriptor.size:
-        raise VerificationError(
-            f"{subject.what} in registry {subject.registry}: served with {declared} bytes, "
-            f"expected {descriptor.size}"
-        )
-
-
 def _read_all(stream: BlobStream) -> bytes:
     return stream.read()
-
-
-def _parse_tags(body: bytes, subject: Subject) -> list[str]:
-    where = f"{subject.what} in registry {subject.registry}"
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):
-        raise RegistryProtocolError(f"{where}: answer is not JSON") from None
-    tags = document.get("tags") if isinstance(document, dict) else None
-    if tags is None and isinstance(document, dict):
-        return []
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise RegistryProtocolError(f"{where}: 'tags' is not a list of strings")
-    return tags
-
-
-def _next_page(
-    links: list[str], url: httpx.URL, seen: set[httpx.URL], subject: Subject
-) -> httpx.URL | None:
-    where = f"{subject.what} in registry {subject.registry}"
-    try:
-        following = next_link(links, url)
-    except ValueError as exc:
-        raise RegistryProtocolError(f"{where}: {exc}") from None
-    if following is None:
-        return None
-    if origin(following) != origin(url):
-        # Our token and credentials are for this origin only.
-        raise RegistryProtocolError(f"{where}: next page is on another host ({following.host})")
-    if following in seen:
-        raise RegistryProtocolError(f"{where}: pagination loops back to {following}")
-    return following
-
-
-def _check_manifest(ref: Reference, manifest: Manifest) -> None:
-    what = f"image {_display(ref)} in registry {ref.registry}"
-    if manifest.config.media_type not in mediatype.CONFIG_TYPES:
-        raise RegistryProtocolError(
-            f"{what} is not a container image (config media type {manifest.config.media_type})"
-        )
-    for number, layer in enumerate(manifest.layers, 1):
-        if layer.media_type not in mediatype.LAYER_TYPES:
-            raise RegistryProtocolError(
-                f"{what}: layer {number} ({layer.digest}) has media type {layer.media_type}, "
-                "which is not a layer type we can unpack"
-            )
-
-
-def _check_config(ref: Reference, manifest: Manifest, config: ImageConfig) -> None:
-    if len(config.diff_ids) != len(manifest.layers):
-        raise RegistryProtocolError(
-            f"image {_display(ref)} in registry {ref.registry}: the config lists "
-            f"{len(config.diff_ids)} diff_ids for {len(manifest.layers)} layers"
-        )
-
-
-def _image_platform(
-    ref: Reference,
-    chosen: Descriptor,
-    config: ImageConfig,
-    wanted: Platform,
-    index: Index | None,
-) -> Platform:
-    """The image's platform, after checking that the config agrees with what was chosen."""
-    what = f"image {_display(ref)} in registry {ref.registry}"
-    if index is None:
-        if not wanted.matches(config.platform):
-            raise NotFoundError(f"{what} is for {config.platform} only; {wanted} was asked for")
-        return config.platform
-    listed = chosen.platform or wanted
-    if not listed.matches(config.platform):
-        raise RegistryProtocolError(
-            f"{what}: the index lists {chosen.digest} as {listed} but its config says "
-            f"{config.platform}"
-        )
-    return listed
