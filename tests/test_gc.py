@@ -58,6 +58,7 @@ from unpacked.gc import (
     plan_prune,
     prune,
 )
+from unpacked.gc._confirm import Confirmer
 from unpacked.gc._state import format_time
 from unpacked.platform import DEFAULT as DEFAULT_PLATFORM
 from unpacked.platform import Platform
@@ -554,6 +555,60 @@ def test_delete_image_then_gc_removes_everything_of_it_but_the_layers_a_live_ima
     assert not lab.layer(gone.layer_digests[1]).exists()
     assert lab.origins(live.layer_digests[0]) == [live.config_digest]
     assert lab.image_parts(live, "del-live") == live_parts
+    assert lab.consistent() == []
+
+
+def _convert_elsewhere(lab: Lab, name: str, tag: str) -> None:
+    """Publish ``name:tag`` from another process, as a conversion running next to gc would."""
+    code = "import sys; from unpacked.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = ["convert-single-image", str(lab.ref(name, tag)), "--repo", lab.publisher.spec]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == EXIT_OK, done.stderr
+
+
+def test_an_image_published_by_another_process_between_batches_keeps_its_layer_and_link(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep plans every batch from one reading; later batches confirm under their lock.
+
+    Between the first and the second batch another process publishes an image that
+    uses the own layer of an image the second batch removes, and links again the image
+    the third batch would remove. Both must survive; the rest goes as planned.
+    """
+    gone = _unlink_all(lab, "race", 3)
+    own = gone[1].layer_digests[1]
+    layers = [BASE, tar_bytes([T.file("own-race1", b"race1")]), tar_bytes([T.file("x", b"x")])]
+    user = build_image(lab.tmp / "race-user", layers)
+    lab.push_image(user, f"{lab.prefix}-race-user:1")
+    assert user.layer_digests[1] == own
+    dry = plan_garbage_collection(lab.publisher, now=expired(), batch_size=2)
+    assert [b.layers for b in dry.batches][1] == (own,)
+
+    commits: list[Batch] = []
+    committed = Confirmer.committed
+
+    def meanwhile(self: Confirmer, batch: Batch) -> None:
+        committed(self, batch)
+        commits.append(batch)
+        if len(commits) == 1:  # after the first commit, before the second lock
+            _convert_elsewhere(lab, "race-user", "1")
+            _convert_elsewhere(lab, "race", "2")  # gone[2] is linked again
+
+    monkeypatch.setattr(Confirmer, "committed", meanwhile)
+    done = collect_garbage(lab.publisher, now=expired(), batch_size=2)
+
+    assert _ids(done) == [gone[0].config_digest, gone[1].config_digest]
+    assert done.layers == (gone[0].layer_digests[1],)
+    assert lab.layer(own).is_dir()
+    assert lab.origins(own) == [user.config_digest]
+    assert lab.flat(gone[2].config_digest).is_dir()
+    assert gone[2].config_digest not in lab.scheduled()
     assert lab.consistent() == []
 
 
