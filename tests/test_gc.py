@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import stat
 import subprocess
 import sys
@@ -485,13 +486,49 @@ def test_cli_garbage_collection_refuses_bad_limits(
 ) -> None:
     spec = lab.publisher.spec
     assert main(["garbage-collection", "--repo", spec, "--max-removals", "0"]) == 2
-    assert main(["garbage-collection", "--repo", spec, "--grace", "0.5s"]) == EXIT_INPUT
-    assert "at least one second" in capsys.readouterr().err
+    for grace in ("-1s", "1w", "soon"):
+        assert main(["garbage-collection", "--repo", spec, f"--grace={grace}"]) == 2
+        assert f"invalid duration '{grace}'" in capsys.readouterr().err
+    assert main(["loop", "--interval", "0s", "-"]) == 2  # a pause of zero stays refused
+    assert "expected a positive number" in capsys.readouterr().err
     missing = lab.tmp / "missing"
     for command in (["garbage-collection"], ["delete-image", "x/y:1"]):
         assert main([*command, "--repo", f"dir:{missing}"]) == EXIT_INPUT
         assert "no such repository" in capsys.readouterr().err
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("grace", ["0s", "0.5s", "0"])
+def test_cli_garbage_collection_with_a_grace_under_a_minute_removes_at_once_and_warns(
+    lab: Lab, capsys: pytest.CaptureFixture[str], grace: str
+) -> None:
+    """Zero grace is an operator's choice (a scratch repository, an urgent removal)."""
+    lab.push("zero-live", "1", "live")
+    lab.convert("zero-live")
+    gone = lab.push("zero", "1", "zero")
+    lab.convert("zero")
+    orphan = lab.push("zero-orphan", "1", "orphan")
+    lab.convert("zero-orphan")
+    # Unlinked a second ago: times are recorded to the second.
+    delete_image(lab.publisher, lab.ref("zero"), now=datetime.now(UTC) - timedelta(seconds=1))
+    (lab.root / layout.public_link(lab.ref("zero-orphan"))).unlink()
+    shutil.rmtree(lab.root / layout.metadata_dir(lab.ref("zero-orphan")))
+    argv = ["garbage-collection", "--repo", lab.publisher.spec, "--grace", grace, "--json"]
+
+    assert main(argv) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert f"grace period {grace.removesuffix('s')}s: images unlinked since less" in err
+    done = json.loads(out)
+    assert done["graceSeconds"] == float(grace.removesuffix("s"))
+    removed = [image["imageId"] for batch in done["batches"] for image in batch["images"]]
+    assert removed == [gone.config_digest]
+    assert not lab.flat(gone.config_digest).exists()
+    # An orphan found by this cycle is scheduled now and removed by the next one only.
+    assert lab.scheduled() == [orphan.config_digest]
+    assert lab.flat(orphan.config_digest).is_dir()
+    assert main([*argv[:-2], "0", "--json"]) == EXIT_OK  # no wait, whatever the second
+    assert not lab.flat(orphan.config_digest).exists()
+    assert lab.consistent() == []
 
 
 def test_unreadable_records_stop_gc_or_keep_their_layer(
@@ -991,7 +1028,7 @@ def test_plan_keeps_an_expired_image_whose_reference_is_wished_and_unpublished()
     ("options", "message"),
     [
         ({"now": datetime(2024, 1, 1)}, "time zone"),
-        ({"grace": timedelta(0)}, "at least one second"),
+        ({"grace": timedelta(seconds=-1)}, "must not be negative"),
         ({"max_removals": 0}, "at least 1"),
         ({"batch_size": 0}, "at least 1"),
     ],

@@ -38,7 +38,6 @@ from unpacked.reference import parse as parse_reference
 
 DEFAULT_GRACE = timedelta(days=7)
 DEFAULT_BATCH_SIZE = 50
-_MIN_GRACE = timedelta(seconds=1)
 ORPHAN = ""
 """The ``reference`` of a schedule entry made for an orphaned flat tree (no reference left it)."""
 
@@ -237,10 +236,10 @@ def _check_limits(
 ) -> None:
     if now.tzinfo is None:
         raise ConfigError("garbage collection needs a time with a time zone")
-    if grace < _MIN_GRACE:
-        # Orphans are scheduled at ``now`` truncated to the second: a shorter grace
-        # period would let them expire within the cycle that schedules them.
-        raise ConfigError(f"grace period must be at least one second, not {grace}")
+    if grace < timedelta(0):
+        # Zero is allowed: orphans scheduled by a cycle still wait for the next one,
+        # since a cycle removes only what its snapshot had scheduled.
+        raise ConfigError(f"grace period must not be negative, not {grace}")
     if max_removals is not None and max_removals < 1:
         raise ConfigError(f"max removals must be at least 1, not {max_removals}")
     if batch_size < 1:
