@@ -154,8 +154,9 @@ def _export(revision: str, where: Path) -> Path:
     return where / "src"
 
 
-def _run(src: Path, root: Path) -> dict[str, Any]:
-    settle(forget_dentries=True)
+def _run(src: Path, root: Path, *, settled: bool) -> dict[str, Any]:
+    if settled:
+        settle(forget_dentries=True)
     env = {**os.environ, "PYTHONPATH": str(src)}
     done = subprocess.run(
         [sys.executable, "-c", CHILD, str(root)],
@@ -189,7 +190,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             started = time.perf_counter()
             synth.repository(root, size)
             made = time.perf_counter() - started
-            result = _run(src, root)
+            result = _run(src, root, settled=args.settle)
             if result["images"] != size // 2:
                 raise BenchError(f"{name} {size}: removed {result['images']}, not {size // 2}")
             results[f"{name}-{size}"] = {**result, "size": size, "synthesis_seconds": made}
@@ -235,6 +236,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=3000,
         help="largest size the baseline runs at (it is quadratic)",
+    )
+    parser.add_argument(
+        "--settle",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sync, drop unused dentries and pause 2 s before each run (default: yes)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     parser.add_argument("--workdir", default=None, help="where to create the working directory")

@@ -74,3 +74,15 @@ def test_noop_benchmark(tmp_path: Path) -> None:
     assert summary["in_process"]["outcomes"] == {"unchanged": 3}
     assert summary["cli"]["outcomes"] == {"unchanged": 3}
     assert summary["cli"]["median_seconds"] > 0
+
+
+@needs_registry_tools
+def test_gc_scale_benchmark(tmp_path: Path) -> None:
+    summary, output = run_benchmark(
+        "gc_scale", tmp_path, "--sizes", "6", "--baseline", "HEAD", "--no-settle"
+    )
+    assert set(summary["results"]) == {"before-6", "after-6"}
+    for result in summary["results"].values():
+        assert (result["images"], result["layers"]) == (3, 3)
+        assert result["read_state_seconds"] > 0
+    assert "ms/removal" in output
