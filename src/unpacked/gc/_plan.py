@@ -18,7 +18,10 @@ flat trees (they get the whole grace period) and drops ids that exist nowhere fr
 
 The order makes the plan stable under its own execution: planning again after the
 first batch, with the removals it made taken off ``max_removals``, gives the remaining
-batches. The sweep relies on that (it re-plans under the lock of each transaction).
+batches. So the sweep may carry out every batch of one plan, confirming each under its
+lock (``_confirm``), and the next cycle carries on where a cut or a crash left off.
+Orphans scheduled by a cycle are never removed by it, whatever the grace period (zero
+included): a cycle removes only what its snapshot had scheduled.
 """
 
 from __future__ import annotations
