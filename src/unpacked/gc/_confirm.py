@@ -53,10 +53,11 @@ class Confirmer:
     def confirm(self, batch: Batch) -> Batch:
         """The part of ``batch`` that is still safe, rewritten against the records as they are."""
         schedule = read_schedule(self.root)
+        entries = {entry.image_id: entry for entry in schedule.entries}
         images = tuple(
             checked
             for image in batch.images
-            if (checked := self._still_due(image, schedule)) is not None
+            if (checked := self._still_due(image, entries.get(image.image_id))) is not None
         )
         gone = self.removed | {image.image_id for image in images}
         droppable = gone | self._nowhere(schedule)
@@ -75,8 +76,9 @@ class Confirmer:
 
     # --- images -----------------------------------------------------------------------
 
-    def _still_due(self, image: ImageRemoval, schedule: RemovalSchedule) -> ImageRemoval | None:
-        entry = next((e for e in schedule.entries if e.image_id == image.image_id), None)
+    def _still_due(
+        self, image: ImageRemoval, entry: ScheduledRemoval | None
+    ) -> ImageRemoval | None:
         if entry is None or parse_time(entry.unlinked) + self.grace > self.now:
             return None  # linked again (a conversion unschedules it), or unlinked again
         if _used_by(self.root, entry.reference, image.image_id):
@@ -93,10 +95,11 @@ class Confirmer:
             existing = refs.live_images() | refs.schedule.image_ids() | self.state.flat_trees
             named = {i for ids in self.state.layers.values() if ids is not None for i in ids}
             self._unknown = frozenset(named - existing)
+        scheduled = schedule.image_ids()
         return {
             image_id
             for image_id in self._unknown
-            if image_id not in schedule.image_ids()
+            if image_id not in scheduled
             and not os.path.lexists(self.root / layout.flat_dir(Digest.parse(image_id)))
         }
 
