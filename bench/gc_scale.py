@@ -119,7 +119,9 @@ class Synthesizer:
         _link_tree(self.template / layout.flat_dir(self.image), root / layout.flat_dir(image))
         layer = root / layout.layer_dir(own)
         _link_tree(self.template / layout.layer_dir(self.own), layer)
-        (root / layout.layer_origin_file(own)).write_text(json.dumps({"origin": [str(image)]}))
+        origin = root / layout.layer_origin_file(own)
+        origin.unlink()  # a hard link to the template's: replace it, do not write through
+        origin.write_text(json.dumps({"origin": [str(image)]}))
         if deleted:
             return str(image)
         ref = parse(f"{self.ref.registry}/bench/gc:{index}")
