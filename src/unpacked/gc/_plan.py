@@ -280,19 +280,25 @@ def _removal_order(
     live_layers: frozenset[str],
     flat_trees: frozenset[str],
 ) -> list[_Unit]:
-    current = dict(origins)
+    # Users left per layer: counting, not set differences, keeps this linear when one
+    # base layer is shared by thousands of images (each image appears once in ``expired``).
+    left = {layer: len(ids) for layer, ids in origins.items()}
     units: list[_Unit] = [
-        layer for layer in sorted(current) if not current[layer] and layer not in live_layers
+        layer for layer in sorted(left) if not left[layer] and layer not in live_layers
     ]
+    counted: set[str] = set()
     for entry in expired:
         image_id = entry.image_id
         units.append(
             ImageRemoval(image_id, entry.reference, entry.unlinked, image_id in flat_trees)
         )
+        if image_id in counted:  # a schedule edited by hand may name an image twice
+            continue
+        counted.add(image_id)
         freed = []
         for layer in users.get(image_id, ()):
-            current[layer] = current[layer] - {image_id}
-            if not current[layer] and layer not in live_layers:
+            left[layer] -= 1
+            if not left[layer] and layer not in live_layers:
                 freed.append(layer)
         units.extend(sorted(freed))
     return units
