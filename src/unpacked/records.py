@@ -27,6 +27,10 @@ def _dump(value: Any) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True) + "\n").encode()
 
 
+# What ``json.dumps`` does to a string (``ensure_ascii``), without its per-call overhead.
+_quote = json.encoder.encode_basestring_ascii
+
+
 def _dump_list(key: str, items: Sequence[str], after: str = "") -> bytes:
     """``_dump({key: [...], ...})`` for items already encoded (indented by the caller).
 
@@ -36,7 +40,7 @@ def _dump_list(key: str, items: Sequence[str], after: str = "") -> bytes:
     schedule, at every batch.
     """
     body = "[\n" + ",\n".join(items) + "\n  ]" if items else "[]"
-    return f"{{\n  {json.dumps(key)}: {body}{after}\n}}\n".encode()
+    return f"{{\n  {_quote(key)}: {body}{after}\n}}\n".encode()
 
 
 def parse_origin(raw: bytes | None, *, what: str) -> frozenset[str]:
@@ -55,7 +59,7 @@ def parse_origin(raw: bytes | None, *, what: str) -> frozenset[str]:
 
 def origin_json(origins: Iterable[str]) -> bytes:
     """``origin.json`` content for exactly this set of config digests."""
-    return _dump_list("origin", [f"    {json.dumps(o)}" for o in sorted(set(origins))])
+    return _dump_list("origin", [f"    {_quote(o)}" for o in sorted(set(origins))])
 
 
 def storage_layer_ids(diff_ids: Sequence[Digest]) -> list[str]:
@@ -194,9 +198,9 @@ class RemovalSchedule:
         """``{"images": [{"imageId", "reference", "unlinked"}, ...], "version": 1}``, indented."""
         entries = sorted(self.entries, key=lambda e: (e.unlinked, e.image_id))
         items = [
-            f'    {{\n      "imageId": {json.dumps(e.image_id)},\n'
-            f'      "reference": {json.dumps(e.reference)},\n'
-            f'      "unlinked": {json.dumps(e.unlinked)}\n    }}'
+            f'    {{\n      "imageId": {_quote(e.image_id)},\n'
+            f'      "reference": {_quote(e.reference)},\n'
+            f'      "unlinked": {_quote(e.unlinked)}\n    }}'
             for e in entries
         ]
         return _dump_list("images", items, ',\n  "version": 1')
