@@ -106,3 +106,14 @@ def test_verify_deep_benchmark(tmp_path: Path) -> None:
     assert summary["files"] > 0
     assert all(r["median_seconds"] > 0 for r in summary["results"].values())
     assert "verify --deep / sha256sum" in output
+
+
+def test_gc_scale_benchmark(tmp_path: Path) -> None:
+    summary, output = run_benchmark(
+        "gc_scale", tmp_path, "--sizes", "6", "--baseline", "HEAD", "--no-settle"
+    )
+    assert set(summary["results"]) == {"before-6", "after-6"}
+    for result in summary["results"].values():
+        assert (result["images"], result["layers"]) == (3, 3)
+        assert result["read_state_seconds"] > 0
+    assert "ms/removal" in output

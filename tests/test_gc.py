@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import stat
 import subprocess
 import sys
@@ -58,6 +59,7 @@ from unpacked.gc import (
     plan_prune,
     prune,
 )
+from unpacked.gc._confirm import Confirmer
 from unpacked.gc._state import format_time
 from unpacked.platform import DEFAULT as DEFAULT_PLATFORM
 from unpacked.platform import Platform
@@ -484,13 +486,49 @@ def test_cli_garbage_collection_refuses_bad_limits(
 ) -> None:
     spec = lab.publisher.spec
     assert main(["garbage-collection", "--repo", spec, "--max-removals", "0"]) == 2
-    assert main(["garbage-collection", "--repo", spec, "--grace", "0.5s"]) == EXIT_INPUT
-    assert "at least one second" in capsys.readouterr().err
+    for grace in ("-1s", "1w", "soon"):
+        assert main(["garbage-collection", "--repo", spec, f"--grace={grace}"]) == 2
+        assert f"invalid duration '{grace}'" in capsys.readouterr().err
+    assert main(["loop", "--interval", "0s", "-"]) == 2  # a pause of zero stays refused
+    assert "expected a positive number" in capsys.readouterr().err
     missing = lab.tmp / "missing"
     for command in (["garbage-collection"], ["delete-image", "x/y:1"]):
         assert main([*command, "--repo", f"dir:{missing}"]) == EXIT_INPUT
         assert "no such repository" in capsys.readouterr().err
     assert not missing.exists()
+
+
+@pytest.mark.parametrize("grace", ["0s", "0.5s", "0"])
+def test_cli_garbage_collection_with_a_grace_under_a_minute_removes_at_once_and_warns(
+    lab: Lab, capsys: pytest.CaptureFixture[str], grace: str
+) -> None:
+    """Zero grace is an operator's choice (a scratch repository, an urgent removal)."""
+    lab.push("zero-live", "1", "live")
+    lab.convert("zero-live")
+    gone = lab.push("zero", "1", "zero")
+    lab.convert("zero")
+    orphan = lab.push("zero-orphan", "1", "orphan")
+    lab.convert("zero-orphan")
+    # Unlinked a second ago: times are recorded to the second.
+    delete_image(lab.publisher, lab.ref("zero"), now=datetime.now(UTC) - timedelta(seconds=1))
+    (lab.root / layout.public_link(lab.ref("zero-orphan"))).unlink()
+    shutil.rmtree(lab.root / layout.metadata_dir(lab.ref("zero-orphan")))
+    argv = ["garbage-collection", "--repo", lab.publisher.spec, "--grace", grace, "--json"]
+
+    assert main(argv) == EXIT_OK
+    out, err = capsys.readouterr()
+    assert f"grace period {grace.removesuffix('s')}s: images unlinked since less" in err
+    done = json.loads(out)
+    assert done["graceSeconds"] == float(grace.removesuffix("s"))
+    removed = [image["imageId"] for batch in done["batches"] for image in batch["images"]]
+    assert removed == [gone.config_digest]
+    assert not lab.flat(gone.config_digest).exists()
+    # An orphan found by this cycle is scheduled now and removed by the next one only.
+    assert lab.scheduled() == [orphan.config_digest]
+    assert lab.flat(orphan.config_digest).is_dir()
+    assert main([*argv[:-2], "0", "--json"]) == EXIT_OK  # no wait, whatever the second
+    assert not lab.flat(orphan.config_digest).exists()
+    assert lab.consistent() == []
 
 
 def test_unreadable_records_stop_gc_or_keep_their_layer(
@@ -554,6 +592,60 @@ def test_delete_image_then_gc_removes_everything_of_it_but_the_layers_a_live_ima
     assert not lab.layer(gone.layer_digests[1]).exists()
     assert lab.origins(live.layer_digests[0]) == [live.config_digest]
     assert lab.image_parts(live, "del-live") == live_parts
+    assert lab.consistent() == []
+
+
+def _convert_elsewhere(lab: Lab, name: str, tag: str) -> None:
+    """Publish ``name:tag`` from another process, as a conversion running next to gc would."""
+    code = "import sys; from unpacked.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = ["convert-single-image", str(lab.ref(name, tag)), "--repo", lab.publisher.spec]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == EXIT_OK, done.stderr
+
+
+def test_an_image_published_by_another_process_between_batches_keeps_its_layer_and_link(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep plans every batch from one reading; later batches confirm under their lock.
+
+    Between the first and the second batch another process publishes an image that
+    uses the own layer of an image the second batch removes, and links again the image
+    the third batch would remove. Both must survive; the rest goes as planned.
+    """
+    gone = _unlink_all(lab, "race", 3)
+    own = gone[1].layer_digests[1]
+    layers = [BASE, tar_bytes([T.file("own-race1", b"race1")]), tar_bytes([T.file("x", b"x")])]
+    user = build_image(lab.tmp / "race-user", layers)
+    lab.push_image(user, f"{lab.prefix}-race-user:1")
+    assert user.layer_digests[1] == own
+    dry = plan_garbage_collection(lab.publisher, now=expired(), batch_size=2)
+    assert [b.layers for b in dry.batches][1] == (own,)
+
+    commits: list[Batch] = []
+    committed = Confirmer.committed
+
+    def meanwhile(self: Confirmer, batch: Batch) -> None:
+        committed(self, batch)
+        commits.append(batch)
+        if len(commits) == 1:  # after the first commit, before the second lock
+            _convert_elsewhere(lab, "race-user", "1")
+            _convert_elsewhere(lab, "race", "2")  # gone[2] is linked again
+
+    monkeypatch.setattr(Confirmer, "committed", meanwhile)
+    done = collect_garbage(lab.publisher, now=expired(), batch_size=2)
+
+    assert _ids(done) == [gone[0].config_digest, gone[1].config_digest]
+    assert done.layers == (gone[0].layer_digests[1],)
+    assert lab.layer(own).is_dir()
+    assert lab.origins(own) == [user.config_digest]
+    assert lab.flat(gone[2].config_digest).is_dir()
+    assert gone[2].config_digest not in lab.scheduled()
     assert lab.consistent() == []
 
 
@@ -936,7 +1028,7 @@ def test_plan_keeps_an_expired_image_whose_reference_is_wished_and_unpublished()
     ("options", "message"),
     [
         ({"now": datetime(2024, 1, 1)}, "time zone"),
-        ({"grace": timedelta(0)}, "at least one second"),
+        ({"grace": timedelta(seconds=-1)}, "must not be negative"),
         ({"max_removals": 0}, "at least 1"),
         ({"batch_size": 0}, "at least 1"),
     ],

@@ -32,6 +32,7 @@ from unpacked.registry import RegistryClient
 from unpacked.wishlist import WishList
 
 logger = logging.getLogger("unpacked")
+_SHORT_GRACE = timedelta(minutes=1)
 
 
 def _now() -> datetime:
@@ -53,11 +54,18 @@ def garbage_collection(args: argparse.Namespace) -> int:
     wished: tuple[Reference, ...] = ()
     if args.wishlist:
         wished = tuple(wish.reference for wish in _load_wishlist(args.wishlist).wishes)
+    grace = timedelta(seconds=args.grace)
+    if grace < _SHORT_GRACE:
+        logger.warning(
+            "grace period %s: images unlinked since less than that are removed now, "
+            "even while jobs still run in them",
+            _seconds_text(grace),
+        )
     run = plan_garbage_collection if args.dry_run else collect_garbage
     plan = run(
         publisher,
         now=_now(),
-        grace=timedelta(seconds=args.grace),
+        grace=grace,
         max_removals=args.max_removals,
         wished=wished,
     )

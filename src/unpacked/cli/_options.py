@@ -111,10 +111,31 @@ def positive_int(text: str) -> int:
 
 
 def duration(text: str) -> float:
-    """Seconds from ``90``, ``30s``, ``15m``, ``2h`` or ``1d`` (argparse type)."""
-    match = _DURATION_RE.match(text.strip())
-    if match is None or float(match["number"]) <= 0:
+    """Seconds from ``90``, ``30s``, ``15m``, ``2h`` or ``1d``, more than zero (argparse type)."""
+    seconds = _duration(text)
+    if seconds is None or seconds <= 0:
         raise argparse.ArgumentTypeError(
             f"invalid duration {text!r}: expected a positive number with s, m, h or d"
         )
+    return seconds
+
+
+def grace_period(text: str) -> float:
+    """A duration as ``duration`` reads it, zero allowed (argparse type).
+
+    A grace period of zero (or a fraction of a second) is a legitimate choice for a
+    scratch repository or an urgent removal; the command warns about it.
+    """
+    seconds = _duration(text)
+    if seconds is None:
+        raise argparse.ArgumentTypeError(
+            f"invalid duration {text!r}: expected a number (0 or more) with s, m, h or d"
+        )
+    return seconds
+
+
+def _duration(text: str) -> float | None:
+    match = _DURATION_RE.match(text.strip())
+    if match is None:
+        return None
     return float(match["number"]) * _UNIT_SECONDS[match["unit"]]

@@ -15,6 +15,7 @@ from unpacked.cli._options import (
     add_registry_options,
     add_repo_option,
     duration,
+    grace_period,
     positive_int,
 )
 
@@ -209,9 +210,10 @@ def _add_gc(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     add_repo_option(parser)
     parser.add_argument(
         "--grace",
-        type=duration,
-        default=duration(_GRACE_DEFAULT),
-        help=f"how long an unlinked image stays: 90, 30s, 15m, 2h, 7d (default: {_GRACE_DEFAULT})",
+        type=grace_period,
+        default=grace_period(_GRACE_DEFAULT),
+        help="how long an unlinked image stays: 90, 30s, 15m, 2h, 7d; 0 removes at once, "
+        f"with a warning (default: {_GRACE_DEFAULT})",
     )
     parser.add_argument(
         "--max-removals",

@@ -21,11 +21,13 @@ period and ``max_removals``):
   reference that left it and nothing is published under that reference: the next
   conversion would link it again.
 
-Sweep (``collect_garbage``): one transaction per batch of removals, each complete in
-itself (flat trees, ``origin.json`` rewrites, layers, ``remove-schedule.json``), so a
-large backlog is worked off in bounded transactions and a crash loses at most the batch
-under way. ``plan_garbage_collection`` returns exactly the plan the sweep would carry
-out, for ``--dry-run``.
+Sweep (``collect_garbage``): the repository is read once per cycle, then one
+transaction per batch of removals, each complete in itself (flat trees, ``origin.json``
+rewrites, layers, ``remove-schedule.json``), so a large backlog is worked off in bounded
+transactions and a crash loses at most the batch under way. Each later batch is
+confirmed under its own lock by re-reading only what it touches (``_confirm``).
+``plan_garbage_collection`` returns exactly the plan the sweep would carry out, for
+``--dry-run``.
 
 ``delete_image`` and ``prune`` take references out (link, ``.multiarch`` links,
 metadata) and schedule the images nothing else uses; the sweep removes them after the

@@ -18,7 +18,10 @@ flat trees (they get the whole grace period) and drops ids that exist nowhere fr
 
 The order makes the plan stable under its own execution: planning again after the
 first batch, with the removals it made taken off ``max_removals``, gives the remaining
-batches. The sweep relies on that (it re-plans under the lock of each transaction).
+batches. So the sweep may carry out every batch of one plan, confirming each under its
+lock (``_confirm``), and the next cycle carries on where a cut or a crash left off.
+Orphans scheduled by a cycle are never removed by it, whatever the grace period (zero
+included): a cycle removes only what its snapshot had scheduled.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from unpacked.reference import parse as parse_reference
 
 DEFAULT_GRACE = timedelta(days=7)
 DEFAULT_BATCH_SIZE = 50
-_MIN_GRACE = timedelta(seconds=1)
 ORPHAN = ""
 """The ``reference`` of a schedule entry made for an orphaned flat tree (no reference left it)."""
 
@@ -237,10 +239,10 @@ def _check_limits(
 ) -> None:
     if now.tzinfo is None:
         raise ConfigError("garbage collection needs a time with a time zone")
-    if grace < _MIN_GRACE:
-        # Orphans are scheduled at ``now`` truncated to the second: a shorter grace
-        # period would let them expire within the cycle that schedules them.
-        raise ConfigError(f"grace period must be at least one second, not {grace}")
+    if grace < timedelta(0):
+        # Zero is allowed: orphans scheduled by a cycle still wait for the next one,
+        # since a cycle removes only what its snapshot had scheduled.
+        raise ConfigError(f"grace period must not be negative, not {grace}")
     if max_removals is not None and max_removals < 1:
         raise ConfigError(f"max removals must be at least 1, not {max_removals}")
     if batch_size < 1:
@@ -278,19 +280,25 @@ def _removal_order(
     live_layers: frozenset[str],
     flat_trees: frozenset[str],
 ) -> list[_Unit]:
-    current = dict(origins)
+    # Users left per layer: counting, not set differences, keeps this linear when one
+    # base layer is shared by thousands of images (each image appears once in ``expired``).
+    left = {layer: len(ids) for layer, ids in origins.items()}
     units: list[_Unit] = [
-        layer for layer in sorted(current) if not current[layer] and layer not in live_layers
+        layer for layer in sorted(left) if not left[layer] and layer not in live_layers
     ]
+    counted: set[str] = set()
     for entry in expired:
         image_id = entry.image_id
         units.append(
             ImageRemoval(image_id, entry.reference, entry.unlinked, image_id in flat_trees)
         )
+        if image_id in counted:  # a schedule edited by hand may name an image twice
+            continue
+        counted.add(image_id)
         freed = []
         for layer in users.get(image_id, ()):
-            current[layer] = current[layer] - {image_id}
-            if not current[layer] and layer not in live_layers:
+            left[layer] -= 1
+            if not left[layer] and layer not in live_layers:
                 freed.append(layer)
         units.extend(sorted(freed))
     return units

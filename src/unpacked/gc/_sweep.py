@@ -1,22 +1,28 @@
 """The sweep: carry out a collection plan through a publisher, one transaction per batch.
 
-Every batch is planned afresh under the lock of its own transaction, so that an image
-linked again by a conversion that ran between two batches is never removed; without
-such a writer, the batches carried out are exactly those of the plan a dry run shows
-(the plan is stable under its own execution, see ``_plan``). A sweep killed at any
-moment leaves whole batches: the next transaction on the repository completes or
-discards the one under way, and the next cycle carries on from there.
+The repository is read once per cycle, under the lock of the first batch's transaction,
+and every batch is planned from that snapshot. Each later batch is confirmed under the
+lock of its own transaction by re-reading only what it touches (``_confirm``), so that
+an image linked again, or a layer used again, by a conversion that ran between two
+batches is never removed; without such a writer, the batches carried out are exactly
+those of the plan a dry run shows. Reading the repository once keeps the cost of a
+removal flat as the repository grows (it used to be read again for every batch).
+
+A sweep killed at any moment leaves whole batches: the next transaction on the
+repository completes or discards the one under way, and the next cycle carries on.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from unpacked import layout
 from unpacked.digest import Digest
+from unpacked.gc._confirm import Confirmer
 from unpacked.gc._plan import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_GRACE,
@@ -71,31 +77,50 @@ def collect_garbage(
     lock_timeout: float = 600.0,
 ) -> Plan:
     """Run one collection cycle; return the plan with the batches actually carried out."""
-    first: Plan | None = None
+    with publisher.transaction(lock_timeout=lock_timeout) as tx:
+        started = time.monotonic()
+        state = read_state(publisher.root)
+        logger.debug("%s: repository read in %.3f s", publisher.spec, time.monotonic() - started)
+        plan = plan_collection(
+            state,
+            now=now,
+            grace=grace,
+            max_removals=max_removals,
+            batch_size=batch_size,
+            wished=wished,
+        )
+        if not plan.batches:
+            return plan
+        apply_batch(tx, plan.batches[0])  # read under this very lock: nothing to confirm
+    confirmer = Confirmer(publisher.root, state, now, grace)
     done: list[Batch] = []
-    budget = max_removals
-    while True:
-        with publisher.transaction(lock_timeout=lock_timeout) as tx:
-            plan = plan_collection(
-                read_state(publisher.root),
-                now=now,
-                grace=grace,
-                max_removals=budget,
-                batch_size=batch_size,
-                wished=wished,
+    for number, planned in enumerate(plan.batches, start=1):
+        batch = planned
+        if number > 1:
+            batch = _confirmed(publisher, confirmer, planned, number, lock_timeout)
+        confirmer.committed(batch)
+        if not batch.empty:
+            done.append(batch)
+            _log_batch(publisher, len(done), batch)
+    return dataclasses.replace(plan, batches=tuple(done))
+
+
+def _confirmed(
+    publisher: Publisher, confirmer: Confirmer, batch: Batch, number: int, lock_timeout: float
+) -> Batch:
+    """Carry out what is still safe of ``batch`` in a transaction of its own; return it."""
+    with publisher.transaction(lock_timeout=lock_timeout) as tx:
+        confirmed = confirmer.confirm(batch)
+        if confirmed != batch:
+            logger.info(
+                "%s: another process changed the repository; batch %d narrowed to what "
+                "is still unused",
+                publisher.spec,
+                number,
             )
-            first = first or plan
-            if not plan.batches:
-                break
-            apply_batch(tx, plan.batches[0])
-        done.append(plan.batches[0])
-        _log_batch(publisher, len(done), plan.batches[0])
-        if budget is not None:
-            budget -= plan.batches[0].removals
-        if len(plan.batches) == 1 or budget == 0:
-            break
-    assert first is not None
-    return dataclasses.replace(first, batches=tuple(done))
+        if not confirmed.empty:
+            apply_batch(tx, confirmed)
+    return confirmed
 
 
 def apply_batch(tx: Transaction, batch: Batch) -> None:
