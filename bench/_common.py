@@ -20,6 +20,7 @@ import itertools
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -28,13 +29,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 """The repository root; ``tests/`` is put on ``sys.path`` for the test-support builders."""
 
 if str(REPO / "tests") not in sys.path:
     sys.path.insert(0, str(REPO / "tests"))
+
+
+T = TypeVar("T")
 
 
 class BenchError(RuntimeError):
@@ -368,3 +372,29 @@ def write_results(summary: object, out: Path, name: str) -> None:
     path = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(f"results written to {path}")
+
+
+def run_in_workdir(
+    args: argparse.Namespace,
+    name: str,
+    measure: Callable[[argparse.Namespace, Path], T],
+    report: Callable[[T], None],
+) -> int:
+    """The ``main`` of a benchmark that works in a directory of its own: compile, measure in
+    a new directory under ``args.workdir`` (removed after, unless ``args.keep``), report,
+    write the results as ``<name>-<time>.json``; 1 if the benchmark failed."""
+    compile_bytecode()
+    workdir = Path(tempfile.mkdtemp(prefix=f"unpacked-bench-{name}-", dir=args.workdir))
+    try:
+        summary = measure(args, workdir)
+    except BenchError as error:
+        print(f"benchmark failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if getattr(args, "keep", False):
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report(summary)
+    write_results(summary, Path(args.out), name)
+    return 0

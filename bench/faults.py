@@ -13,16 +13,14 @@ own retries (issue 12: 59 s instead of about 25 with ``--timeout 5``).
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from _common import REPO, BenchError, compile_bytecode, table, write_results
+from _common import REPO, BenchError, run_in_workdir, table
 
 from support.faultproxy import Fault, FaultProxy
 from support.oci import TarEntry, build_image, tar_bytes
@@ -104,16 +102,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    compile_bytecode()
-    workdir = Path(tempfile.mkdtemp(prefix="unpacked-bench-faults-", dir=args.workdir))
-    try:
-        summary = measure(args, workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    report(summary)
-    write_results(summary, Path(args.out), "faults")
-    return 0
+    return run_in_workdir(parse_args(argv), "faults", measure, report)
 
 
 if __name__ == "__main__":

@@ -30,13 +30,12 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, BenchError, compile_bytecode, settle, table, write_results
+from _common import REPO, BenchError, run_in_workdir, settle, table
 
 from support.oci import TarEntry, build_image, tar_bytes
 from support.registry import skopeo_copy, start_registry
@@ -255,22 +254,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    compile_bytecode()
-    workdir = Path(tempfile.mkdtemp(prefix="unpacked-bench-gc-", dir=args.workdir))
-    try:
-        summary = measure(args, workdir)
-    except BenchError as error:
-        print(f"benchmark failed: {error}", file=sys.stderr)
-        return 1
-    finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report(summary)
-    write_results(summary, Path(args.out), "gc_scale")
-    return 0
+    return run_in_workdir(parse_args(argv), "gc_scale", measure, report)
 
 
 if __name__ == "__main__":

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -35,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-from _common import REPO, BenchError, compile_bytecode, table, write_results
+from _common import REPO, BenchError, run_in_workdir, table
 
 from support.oci import TarEntry, build_image, tar_bytes
 from support.registry import RegistryServer, skopeo_copy, start_registry
@@ -211,22 +209,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    compile_bytecode()
-    workdir = Path(tempfile.mkdtemp(prefix="unpacked-bench-noop-", dir=args.workdir))
-    try:
-        summary = measure(args, workdir)
-    except BenchError as error:
-        print(f"benchmark failed: {error}", file=sys.stderr)
-        return 1
-    finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report(summary)
-    write_results(summary, Path(args.out), "noop_convert")
-    return 0
+    return run_in_workdir(parse_args(argv), "noop_convert", measure, report)
 
 
 if __name__ == "__main__":

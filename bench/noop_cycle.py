@@ -26,17 +26,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import REPO, BenchError, compile_bytecode, table, write_results
+from _common import REPO, BenchError, run_in_workdir, table
 
 from support.oci import TarEntry, build_image, tar_bytes
 from support.proxy import CountingProxy
@@ -210,22 +208,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    compile_bytecode()
-    workdir = Path(tempfile.mkdtemp(prefix="unpacked-bench-cycle-", dir=args.workdir))
-    try:
-        summary = measure(args, workdir)
-    except BenchError as error:
-        print(f"benchmark failed: {error}", file=sys.stderr)
-        return 1
-    finally:
-        if args.keep:
-            print(f"kept {workdir}")
-        else:
-            shutil.rmtree(workdir, ignore_errors=True)
-    report(summary)
-    write_results(summary, Path(args.out), "noop_cycle")
-    return 0
+    return run_in_workdir(parse_args(argv), "noop_cycle", measure, report)
 
 
 if __name__ == "__main__":
