@@ -205,7 +205,8 @@ def _created_implicitly(ctx: Context) -> None:
         ctx.created(parts)
         if ctx.implicit is not None:
             ctx.implicit.pop(parts, None)
-            ctx.implicit[parts] = None  # the order of their last creation
+            if not ctx.hides_lower(parts):
+                ctx.implicit[parts] = None  # the order of their last creation
     ctx.tree.created.clear()
 
 

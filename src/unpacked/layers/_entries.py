@@ -69,6 +69,18 @@ class Context:
     """LAYERFS: the lower tree exists but is not ready; needing it raises LowerLayersNeeded."""
     whited: set[Parts] = field(default_factory=set)
     """LAYERFS: paths this layer whites out, checked at its end against what it created."""
+    opaqued: set[Parts] = field(default_factory=set)
+    """LAYERFS: directories this layer has made opaque so far."""
+
+    def hides_lower(self, parts: Parts) -> bool:
+        """LAYERFS: whether a whiteout or an opaque marker met so far hides the lower ``parts``.
+
+        A directory created implicitly after that is new, as in a FLAT tree (and
+        umoci's): it takes nothing from the lower one.
+        """
+        return any(parts[:i] in self.whited for i in range(1, len(parts) + 1)) or any(
+            parts[:i] in self.opaqued for i in range(len(parts))
+        )
 
     def created(self, parts: Parts) -> None:
         """FLAT: record that this layer created ``parts`` (and so its parents hold its content)."""

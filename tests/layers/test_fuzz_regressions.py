@@ -1,0 +1,76 @@
+"""The divergences the differential fuzzer found, minimised, as fixed examples.
+
+Each case is a stack of layers compared by ``layer_stacks.check_stack``: our
+FLAT tree against ``umoci raw unpack``, and (where a kernel overlay can be
+mounted) the LAYERFS directories stacked by overlayfs against the FLAT tree.
+The seed of the ``scripts/fuzz_layers.py`` run that found each is in its comment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from layers.layer_stacks import Layer, check_stack, overlay_available
+from support.oci import TarEntry
+
+T = TarEntry
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="umoci compares owners and devices: root"),
+    pytest.mark.skipif(shutil.which("umoci") is None, reason="umoci is not installed"),
+]
+
+
+def _stack(*layers: list[TarEntry]) -> tuple[Layer, ...]:
+    return tuple(Layer(tuple(entries)) for entries in layers)
+
+
+_LOWER = [T.dir("a"), T.file("a/old", b"x"), T.dir("a/sub", uid=1000, gid=1000), T.fifo("a/b")]
+
+CASES: dict[str, tuple[Layer, ...]] = {
+    # Seed 3444893083 (flat:presence, overlay:presence, flat:uid, flat:gid) and
+    # 1557455653 (flat:hardlinks): a layer re-creates a directory, then whites it
+    # out. OCI: the whiteout hides the lower directory's content, not the entry
+    # of the same layer; FLAT kept the lower content (a/b, a/sub owned by 1000).
+    "dir-then-whiteout": _stack(_LOWER, [T.dir("a", mode=0o700), T.whiteout("a")]),
+    "dir-then-whiteout-then-child": _stack(
+        _LOWER, [T.dir("a"), T.whiteout("a"), T.dir("a/sub/new")]
+    ),
+    "child-then-whiteout-of-parent": _stack(
+        _LOWER, [T.fifo("a/new"), T.whiteout("a"), T.file("a/late", b"y")]
+    ),
+    "nested-dir-then-whiteout": _stack(
+        [*_LOWER, T.file("a/sub/deep", b"z")], [T.dir("a/sub"), T.whiteout("a")]
+    ),
+    # Found while minimising those: in LAYERFS, a directory created implicitly
+    # after a whiteout or an opaque marker hid the lower one took the lower
+    # one's metadata (a/sub owned by 1000); FLAT and umoci create it anew.
+    # Before the marker, it keeps the lower metadata everywhere.
+    "child-then-opaque": _stack(_LOWER, [T.dir("a/sub/new"), T.opaque("a")]),
+    "child-then-whiteout-of-ancestor": _stack(_LOWER, [T.dir("a/sub/new"), T.whiteout("a")]),
+    "opaque-then-child-of-lower-dir": _stack(_LOWER, [T.opaque("a"), T.dir("a/sub/new")]),
+    "whiteout-then-child": _stack(_LOWER, [T.whiteout("a/sub"), T.dir("a/sub/new")]),
+    "child-then-whiteout": _stack(_LOWER, [T.dir("a/sub/new"), T.whiteout("a/sub")]),
+    "whiteout-then-dir": _stack(_LOWER, [T.whiteout("a"), T.dir("a", mode=0o700)]),
+    # Seed 3600154219 (error:ours): the lower non-directory a/b survived the
+    # whiteout of a, and a later entry through a symlink to /a/b then failed.
+    "whiteout-of-recreated-dir-then-path-through-symlink": _stack(
+        [T.fifo("a/b"), T.symlink("c", "/a/b")],
+        [T.symlink("a/x", "a"), T.whiteout("a"), T.dir("c/b")],
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def overlay(tmp_path_factory: pytest.TempPathFactory) -> bool:
+    return overlay_available(tmp_path_factory.mktemp("overlay-probe"))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_stack_matches_umoci_and_overlay(tmp_path: Path, case: str, overlay: bool) -> None:
+    divergences, _ = check_stack(CASES[case], tmp_path, overlay=overlay)
+    assert not divergences
