@@ -8,6 +8,7 @@ The seed of the ``scripts/fuzz_layers.py`` run that found each is in its comment
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
@@ -15,7 +16,9 @@ from pathlib import Path
 import pytest
 
 from layers.layer_stacks import Layer, check_stack, overlay_available
-from support.oci import TarEntry
+from support.oci import TarEntry, tar_bytes
+from unpacked.errors import LayerError
+from unpacked.layers import Target, apply_layer
 
 T = TarEntry
 
@@ -55,6 +58,14 @@ CASES: dict[str, tuple[Layer, ...]] = {
     "opaque-then-child-of-lower-dir": _stack(_LOWER, [T.opaque("a"), T.dir("a/sub/new")]),
     "whiteout-then-child": _stack(_LOWER, [T.whiteout("a/sub"), T.dir("a/sub/new")]),
     "child-then-whiteout": _stack(_LOWER, [T.dir("a/sub/new"), T.whiteout("a/sub")]),
+    # Seed 422298165 (error:layerfs): an opaque marker below a lower file b
+    # makes b a directory in the layer directory only (a FLAT tree keeps the
+    # file); a hard link to b then hit that directory (EPERM) instead of
+    # copying the lower file.
+    "hard-link-to-lower-file-under-marker-parents": _stack(
+        [T.file("b", b"y" * 600), T.dir("a"), T.file("e", b"e")],
+        [T.opaque("b/c/d"), T.whiteout("e/f"), T.hardlink("a", "b"), T.hardlink("g", "e")],
+    ),
     "whiteout-then-dir": _stack(_LOWER, [T.whiteout("a"), T.dir("a", mode=0o700)]),
     # Seed 3600154219 (error:ours): the lower non-directory a/b survived the
     # whiteout of a, and a later entry through a symlink to /a/b then failed.
@@ -74,3 +85,24 @@ def overlay(tmp_path_factory: pytest.TempPathFactory) -> bool:
 def test_stack_matches_umoci_and_overlay(tmp_path: Path, case: str, overlay: bool) -> None:
     divergences, _ = check_stack(CASES[case], tmp_path, overlay=overlay)
     assert not divergences
+
+
+HARD_LINKS_TO_DIRECTORIES: dict[str, list[list[TarEntry]]] = {
+    "lower": [[T.dir("d")], [T.hardlink("x", "d")]],
+    "same-layer": [[T.file("f")], [T.dir("d"), T.hardlink("x", "d")]],
+}
+
+
+@pytest.mark.parametrize("case", sorted(HARD_LINKS_TO_DIRECTORIES))
+def test_hard_link_to_a_directory_is_refused_in_every_mode(tmp_path: Path, case: str) -> None:
+    """Not a valid layer: a clear LayerError naming the link, FLAT and LAYERFS alike."""
+    tars = [tar_bytes(layer) for layer in HARD_LINKS_TO_DIRECTORIES[case]]
+    flat, below, layer = tmp_path / "flat", tmp_path / "below", tmp_path / "layer"
+    for path in (flat, below, layer):
+        path.mkdir()
+    apply_layer(io.BytesIO(tars[0]), flat, target=Target.FLAT, name="L0")
+    apply_layer(io.BytesIO(tars[0]), below, target=Target.FLAT, name="L0")
+    with pytest.raises(LayerError, match="layer L1: hard link 'x' -> 'd'"):
+        apply_layer(io.BytesIO(tars[1]), flat, target=Target.FLAT, name="L1")
+    with pytest.raises(LayerError, match="layer L1: hard link 'x' -> 'd'"):
+        apply_layer(io.BytesIO(tars[1]), layer, target=Target.LAYERFS, lower=below, name="L1")

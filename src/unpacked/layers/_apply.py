@@ -196,13 +196,15 @@ def _apply_member(ctx: Context, mode: Whiteouts, member: tarfile.TarInfo) -> Non
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise LayerError(f"layer {ctx.layer}: entry {member.name!r}: {reason}") from exc
     if ctx.tree.created:
-        _created_implicitly(ctx)
+        _created_implicitly(ctx, marker=bool(parts) and _whiteouts.concerns(parts))
 
 
-def _created_implicitly(ctx: Context) -> None:
+def _created_implicitly(ctx: Context, *, marker: bool) -> None:
     """Bookkeeping for the missing parent directories the last entry needed."""
     for parts in ctx.tree.created:
         ctx.created(parts)
+        if marker and ctx.implicit is not None:
+            ctx.marker_dirs.add(parts)
         if ctx.implicit is not None:
             ctx.implicit.pop(parts, None)
             if not ctx.hides_lower(parts):
@@ -233,6 +235,9 @@ def _create(ctx: Context, member: tarfile.TarInfo, parts: Parts) -> None:
     assert found is not None
     fd, resolved = found
     place = Place(fd, parts[-1], (*resolved, parts[-1]))
+    if ctx.marker_dirs and not _whiteouts.concerns(parts):
+        # Content below (or at) them: real directories of the layer from now on.
+        ctx.marker_dirs.difference_update(place.parts[:i] for i in range(1, len(place.parts) + 1))
     handler(ctx, member, place)
     ctx.created(place.parts)
 

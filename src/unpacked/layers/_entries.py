@@ -71,6 +71,11 @@ class Context:
     """LAYERFS: paths this layer whites out, checked at its end against what it created."""
     opaqued: set[Parts] = field(default_factory=set)
     """LAYERFS: directories this layer has made opaque so far."""
+    marker_dirs: set[Parts] = field(default_factory=set)
+    """LAYERFS: directories that exist only as parents of whiteouts and opaque markers.
+
+    A FLAT tree does not have them (the lower entry at that path stays), so a hard
+    link to one of these paths means the lower entry."""
 
     def hides_lower(self, parts: Parts) -> bool:
         """LAYERFS: whether a whiteout or an opaque marker met so far hides the lower ``parts``.
@@ -371,7 +376,7 @@ def hardlink(ctx: Context, member: tarfile.TarInfo, place: Place) -> None:
 def _link(ctx: Context, place: Place, target: Parts) -> bool:
     for attempt in range(2):
         found = ctx.tree.directory(target[:-1], create=False)
-        if found is None:
+        if found is None or (*found[1], target[-1]) in ctx.marker_dirs:
             return False
         try:
             os.link(
