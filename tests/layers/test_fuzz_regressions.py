@@ -15,8 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from layers.layer_stacks import Layer, check_stack, overlay_available
-from support.oci import TarEntry, tar_bytes
+from layers.layer_stacks import (
+    UMOCI_MARKER_BELOW_SYMLINK_LOOP,
+    Layer,
+    check_stack,
+    overlay_available,
+    umoci_unpack,
+)
+from support.oci import TarEntry, build_image, tar_bytes
 from unpacked.errors import LayerError
 from unpacked.layers import Target, apply_layer
 
@@ -66,6 +72,16 @@ CASES: dict[str, tuple[Layer, ...]] = {
         [T.file("b", b"y" * 600), T.dir("a"), T.file("e", b"e")],
         [T.opaque("b/c/d"), T.whiteout("e/f"), T.hardlink("a", "b"), T.hardlink("g", "e")],
     ),
+    # Seed 422298165 again, once the link worked (overlay:presence): a layer
+    # replaces a lower directory by a non-directory, then makes it a directory
+    # again. FLAT has only the new directory; LAYERFS merged it with the lower one.
+    "lower-dir-replaced-by-hard-link-then-dir": _stack(
+        [T.file("b", b"y"), *_LOWER], [T.hardlink("a", "b"), T.dir("a")]
+    ),
+    "lower-dir-replaced-by-fifo-then-child": _stack(_LOWER, [T.fifo("a"), T.file("a/new", b"n")]),
+    "lower-dir-replaced-by-file-then-dir": _stack(
+        _LOWER, [T.file("a", b"f"), T.dir("a", mode=0o750), T.file("a/new", b"n")]
+    ),
     "whiteout-then-dir": _stack(_LOWER, [T.whiteout("a"), T.dir("a", mode=0o700)]),
     # Seed 3600154219 (error:ours): the lower non-directory a/b survived the
     # whiteout of a, and a later entry through a symlink to /a/b then failed.
@@ -106,3 +122,17 @@ def test_hard_link_to_a_directory_is_refused_in_every_mode(tmp_path: Path, case:
         apply_layer(io.BytesIO(tars[1]), flat, target=Target.FLAT, name="L1")
     with pytest.raises(LayerError, match="layer L1: hard link 'x' -> 'd'"):
         apply_layer(io.BytesIO(tars[1]), layer, target=Target.LAYERFS, lower=below, name="L1")
+
+
+def test_whiteout_below_a_symlink_loop_hides_nothing(tmp_path: Path) -> None:
+    """Seed 367368271 (error:umoci): umoci refuses it, we accept; the fuzzer skips it."""
+    stack = _stack([T.symlink("a", "/a/b"), T.file("f")], [T.whiteout("a/x/c"), T.opaque("a/d")])
+    build_image(tmp_path / "layout", [layer.tar() for layer in stack], tag="t", compression="gzip")
+    refusal = umoci_unpack(tmp_path / "layout", tmp_path / "umoci")
+    assert refusal is not None and UMOCI_MARKER_BELOW_SYMLINK_LOOP.search(refusal), refusal
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for index, layer in enumerate(stack):
+        apply_layer(io.BytesIO(layer.tar()), flat, target=Target.FLAT, name=f"L{index}")
+    assert sorted(os.listdir(flat)) == ["a", "f"]
+    assert os.readlink(flat / "a") == "/a/b"

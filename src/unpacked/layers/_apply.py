@@ -205,6 +205,8 @@ def _created_implicitly(ctx: Context, *, marker: bool) -> None:
         ctx.created(parts)
         if marker and ctx.implicit is not None:
             ctx.marker_dirs.add(parts)
+        if ctx.non_dirs:
+            _hidden_whole(ctx, parts, directory=True)
         if ctx.implicit is not None:
             ctx.implicit.pop(parts, None)
             if not ctx.hides_lower(parts):
@@ -240,6 +242,17 @@ def _create(ctx: Context, member: tarfile.TarInfo, parts: Parts) -> None:
         ctx.marker_dirs.difference_update(place.parts[:i] for i in range(1, len(place.parts) + 1))
     handler(ctx, member, place)
     ctx.created(place.parts)
+    if ctx.implicit is not None and not _whiteouts.concerns(parts):
+        _hidden_whole(ctx, place.parts, directory=member.isdir())
+
+
+def _hidden_whole(ctx: Context, parts: Parts, *, directory: bool) -> None:
+    """LAYERFS: a non-directory of the layer hides the lower path whole; should the layer
+    make it a directory again, that directory is opaque (``reconcile``), as in FLAT."""
+    if not directory:
+        ctx.non_dirs.add(parts)
+    elif parts in ctx.non_dirs:
+        ctx.whited.add(parts)
 
 
 def _root_entry(ctx: Context, member: tarfile.TarInfo) -> None:

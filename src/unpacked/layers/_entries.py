@@ -68,7 +68,10 @@ class Context:
     defer_lower: bool = False
     """LAYERFS: the lower tree exists but is not ready; needing it raises LowerLayersNeeded."""
     whited: set[Parts] = field(default_factory=set)
-    """LAYERFS: paths this layer whites out, checked at its end against what it created."""
+    """LAYERFS: paths whose lower entry this layer hides (whiteouts, and directories made
+    where the layer had put a non-directory), checked at its end against what it created."""
+    non_dirs: set[Parts] = field(default_factory=set)
+    """LAYERFS: where this layer has put a non-directory (which hides the lower path)."""
     opaqued: set[Parts] = field(default_factory=set)
     """LAYERFS: directories this layer has made opaque so far."""
     marker_dirs: set[Parts] = field(default_factory=set)
