@@ -56,6 +56,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hypothesis import strategies as st
 
@@ -191,6 +192,40 @@ def describe(stack: Sequence[Layer]) -> list[dict[str, object]]:
         }
         for layer in stack
     ]
+
+
+def _undescribed_name(text: str) -> str:
+    """Inverse of ``describe``'s names: ``\\xNN`` escapes back to the bytes they were."""
+    raw = re.sub(rb"\\x([0-9a-f]{2})", lambda m: bytes.fromhex(m[1].decode()), text.encode())
+    return os.fsdecode(raw)
+
+
+# ``describe`` keeps a file's size only; the generator draws these contents.
+_CONTENTS = {0: b"", 1: b"x", 600: b"y" * 600}
+
+
+def _undescribed_entry(entry: dict[str, Any]) -> TarEntry:
+    kind = entry["type"]
+    return TarEntry(
+        _undescribed_name(entry["name"]),
+        kind,
+        data=_CONTENTS.get(entry["size"], b"z" * entry["size"]) if kind == "file" else b"",
+        mode=entry["mode"],
+        uid=entry["uid"],
+        gid=entry["uid"],
+        linkname=_undescribed_name(entry["linkname"]),
+        devmajor=1 if kind == "char" else 0,
+        devminor=3 if kind == "char" else 0,
+        xattrs={key: bytes.fromhex(value) for key, value in entry["xattrs"].items()},
+    )
+
+
+def from_description(layers: Sequence[dict[str, Any]]) -> tuple[Layer, ...]:
+    """The stack ``describe`` wrote (file contents and gids as the generator draws them)."""
+    return tuple(
+        Layer(tuple(_undescribed_entry(e) for e in layer["entries"]), gnu=layer["gnu"])
+        for layer in layers
+    )
 
 
 # --- the comparison ----------------------------------------------------------------
