@@ -82,6 +82,12 @@ CASES: dict[str, tuple[Layer, ...]] = {
     "lower-dir-replaced-by-file-then-dir": _stack(
         _LOWER, [T.file("a", b"f"), T.dir("a", mode=0o750), T.file("a/new", b"n")]
     ),
+    # Seed 759152810 (error:layerfs, in the run after the fixes): a hard link to a
+    # lower device or fifo; FLAT links it, LAYERFS refused to copy it.
+    "hard-links-to-lower-device-and-fifo": _stack(
+        [T.char("c", 1, 3, uid=1000, gid=1000), T.fifo("p", mode=0o640)],
+        [T.hardlink("a", "c"), T.hardlink("q", "p")],
+    ),
     "whiteout-then-dir": _stack(_LOWER, [T.whiteout("a"), T.dir("a", mode=0o700)]),
     # Seed 3600154219 (error:ours): the lower non-directory a/b survived the
     # whiteout of a, and a later entry through a symlink to /a/b then failed.

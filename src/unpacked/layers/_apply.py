@@ -13,13 +13,8 @@ from unpacked.digest import Digest, Readable
 from unpacked.errors import LayerError, UnpackedError, UnsafeLayerError
 from unpacked.layers import _fs, _whiteouts
 from unpacked.layers._compression import opened
-from unpacked.layers._entries import (
-    DEVICE_SKIPPED,
-    HANDLERS,
-    Context,
-    Place,
-    directory_metadata,
-)
+from unpacked.layers._context import Context, Place
+from unpacked.layers._entries import DEVICE_SKIPPED, HANDLERS, directory_metadata
 from unpacked.layers._lower import complete
 from unpacked.layers._paths import Parts, Tree, display, normalise
 from unpacked.layers._report import ApplyReport, PendingLower, ReportBuilder, Target

@@ -28,7 +28,7 @@ import tarfile
 
 from unpacked.errors import LayerError, UnsafeLayerError
 from unpacked.layers import _entries
-from unpacked.layers._entries import Context, Place
+from unpacked.layers._context import Context, Place
 from unpacked.layers._fs import OPAQUE_XATTR
 from unpacked.layers._paths import Parts, display
 
