@@ -15,7 +15,10 @@ In LAYERFS a whiteout hides the lower layers only (OCI), so a layer that whites
 out a path and also creates it, in either order, keeps its own entry:
 ``reconcile`` then drops the marker (fuse-overlayfs would hide the entry behind
 a ``.wh.`` file) and makes a directory opaque, so that the lower one's content
-stays hidden, as a FLAT tree has it.
+stays hidden, as a FLAT tree has it. So does a directory that the layer makes
+where it had put a non-directory; and a directory the layer creates only as a
+parent after a whiteout or opaque marker hid the lower one takes nothing from
+the lower one (``Context.hides_lower``).
 """
 
 from __future__ import annotations
