@@ -37,10 +37,10 @@ Intended differences of (2), and only these, are normalised:
   other entry below the loop is refused by both. Such a stack is not compared.
 - Not generated: a hard link to itself (we keep the file; umoci removes it and
   then fails to link).
-- Stacks with an entry below a lower layer's symlink are not compared: the FLAT
-  tree follows the symlink (as umoci does), LAYERFS puts a directory in its place
-  (as containerd does), because a layer directory is shared by every image that
-  uses it (the xfail of test_oracle.py). They are counted as ``skipped``.
+- Stacks with an entry below a lower layer's symlink (or a hard link to one) are
+  not compared in (2): the FLAT tree follows the symlink (as umoci does), LAYERFS
+  puts a directory in its place (as containerd does), because a layer directory
+  is shared by every image that uses it (the xfail of test_oracle.py).
 """
 
 from __future__ import annotations
@@ -292,7 +292,10 @@ def below_lower_symlink(stack: Sequence[Layer]) -> bool:
             parts = name.split("/")
             if any("/".join(parts[:i]) in links for i in range(1, len(parts))):
                 return True
-        links |= {str(e.name) for e in layer.entries if e.type == "symlink"}
+        for entry in layer.entries:
+            # A hard link to a symlink is a symlink too (LAYERFS copies it).
+            if entry.type == "symlink" or (entry.type == "hardlink" and entry.linkname in links):
+                links.add(str(entry.name))
     return False
 
 

@@ -18,6 +18,7 @@ import pytest
 from layers.layer_stacks import (
     UMOCI_MARKER_BELOW_SYMLINK_LOOP,
     Layer,
+    below_lower_symlink,
     check_stack,
     overlay_available,
     umoci_unpack,
@@ -142,3 +143,10 @@ def test_whiteout_below_a_symlink_loop_hides_nothing(tmp_path: Path) -> None:
         apply_layer(io.BytesIO(layer.tar()), flat, target=Target.FLAT, name=f"L{index}")
     assert sorted(os.listdir(flat)) == ["a", "f"]
     assert os.readlink(flat / "a") == "/a/b"
+
+
+def test_a_hard_link_to_a_symlink_counts_as_a_symlink_for_the_overlay_skip() -> None:
+    """Seed 550399824: an entry below a lower hard link to a symlink is the known xfail."""
+    stack = _stack([T.symlink("s", "a/b")], [T.hardlink("h", "s")], [T.file("h/x", b"x")])
+    assert below_lower_symlink(stack)
+    assert not below_lower_symlink(_stack([T.file("f")], [T.hardlink("h", "f")], [T.file("x")]))
