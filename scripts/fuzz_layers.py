@@ -2,6 +2,7 @@
 """Differential fuzzing of the layer applier for N minutes, with random seeds.
 
     .venv/bin/python scripts/fuzz_layers.py --minutes 10 --out fuzz.json
+    .venv/bin/python scripts/fuzz_layers.py --replay fuzz.json   # its reproducers again
 
 Runs the comparison of ``tests/layers/test_fuzz.py`` (``layer_stacks.check_stack``:
 FLAT against ``umoci raw unpack``, and as root the kernel overlay of the LAYERFS
@@ -24,16 +25,28 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from layers.layer_stacks import Layer, check_stack, describe, overlay_available, stacks
+from layers.layer_stacks import (
+    Layer,
+    check_stack,
+    describe,
+    from_description,
+    overlay_available,
+    stacks,
+)
 
 BATCH = 200
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--minutes", type=float)
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--replay", type=Path, help="check the reproducers of an --out file")
     args = parser.parse_args(argv)
+    if args.replay is not None:
+        return replay(args.replay)
+    if args.minutes is None or args.out is None:
+        parser.error("--minutes and --out are needed (or --replay)")
     deadline = time.monotonic() + args.minutes * 60
     seeds: list[int] = []
     figures: dict[str, object] = {"stacks": 0, "overlay_compared": 0, "seeds": seeds}
@@ -75,6 +88,21 @@ def main(argv: list[str]) -> int:
     args.out.write_text(json.dumps(figures, indent=2, default=str) + "\n")
     print(json.dumps({k: v for k, v in figures.items() if k not in ("reproducers", "seeds")}))
     return 0
+
+
+def replay(path: Path) -> int:
+    """Check each reproducer of a previous run again; print what still diverges."""
+    reproducers = json.loads(path.read_text())["reproducers"]
+    left = 0
+    with tempfile.TemporaryDirectory(prefix="unpacked-fuzz-") as scratch:
+        overlay = overlay_available(Path(scratch))
+        for kind, found in reproducers.items():
+            with tempfile.TemporaryDirectory(dir=scratch) as work:
+                stack = from_description(found["stack"])
+                divergences, _ = check_stack(stack, Path(work), overlay=overlay)
+            left += bool(divergences)
+            print(f"{kind} (seed {found['seed']}): {[d.kind for d in divergences] or 'fixed'}")
+    return 1 if left else 0
 
 
 if __name__ == "__main__":

@@ -436,6 +436,9 @@ class _LayerModel:
         self.nodes: Snapshot = {}
         self.opaque: set[bytes] = set()
         self.links: dict[bytes, bytes] = {}
+        # Where the layer put a non-directory (or a whiteout): it hides the lower
+        # path whole, so a directory the layer makes there again is opaque and new.
+        self.non_dirs: set[bytes] = set()
 
     def add(self, member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         path = normalize_member_name(member.name)
@@ -460,7 +463,10 @@ class _LayerModel:
             return
         self._ensure_dir(_parent(path))
         below = self.lower.get(path)
-        if below is not None and below.kind is Kind.DIR:
+        if path in self.non_dirs:
+            self.opaque.add(path)
+            node = Node(Kind.DIR, 0o755)
+        elif below is not None and below.kind is Kind.DIR:
             node = dataclasses.replace(below, hardlinks=(), mtime=None)
         else:
             node = Node(Kind.DIR, 0o755)
@@ -470,6 +476,10 @@ class _LayerModel:
         old = self.nodes.get(path)
         if old is not None and not (old.kind is Kind.DIR and node.kind is Kind.DIR):
             self._remove(path)
+        if node.kind is not Kind.DIR:
+            self.non_dirs.add(path)
+        elif path in self.non_dirs:
+            self.opaque.add(path)
         self.nodes[path] = node
 
     def _remove(self, path: bytes) -> None:

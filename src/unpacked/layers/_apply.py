@@ -13,13 +13,8 @@ from unpacked.digest import Digest, Readable
 from unpacked.errors import LayerError, UnpackedError, UnsafeLayerError
 from unpacked.layers import _fs, _whiteouts
 from unpacked.layers._compression import opened
-from unpacked.layers._entries import (
-    DEVICE_SKIPPED,
-    HANDLERS,
-    Context,
-    Place,
-    directory_metadata,
-)
+from unpacked.layers._context import Context, Place
+from unpacked.layers._entries import DEVICE_SKIPPED, HANDLERS, directory_metadata
 from unpacked.layers._lower import complete
 from unpacked.layers._paths import Parts, Tree, display, normalise
 from unpacked.layers._report import ApplyReport, PendingLower, ReportBuilder, Target
@@ -196,16 +191,21 @@ def _apply_member(ctx: Context, mode: Whiteouts, member: tarfile.TarInfo) -> Non
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise LayerError(f"layer {ctx.layer}: entry {member.name!r}: {reason}") from exc
     if ctx.tree.created:
-        _created_implicitly(ctx)
+        _created_implicitly(ctx, marker=bool(parts) and _whiteouts.concerns(parts))
 
 
-def _created_implicitly(ctx: Context) -> None:
+def _created_implicitly(ctx: Context, *, marker: bool) -> None:
     """Bookkeeping for the missing parent directories the last entry needed."""
     for parts in ctx.tree.created:
         ctx.created(parts)
+        if marker and ctx.implicit is not None:
+            ctx.marker_dirs.add(parts)
+        if ctx.non_dirs:
+            _hidden_whole(ctx, parts, directory=True)
         if ctx.implicit is not None:
             ctx.implicit.pop(parts, None)
-            ctx.implicit[parts] = None  # the order of their last creation
+            if not ctx.hides_lower(parts):
+                ctx.implicit[parts] = None  # the order of their last creation
     ctx.tree.created.clear()
 
 
@@ -232,8 +232,22 @@ def _create(ctx: Context, member: tarfile.TarInfo, parts: Parts) -> None:
     assert found is not None
     fd, resolved = found
     place = Place(fd, parts[-1], (*resolved, parts[-1]))
+    if ctx.marker_dirs and not _whiteouts.concerns(parts):
+        # Content below (or at) them: real directories of the layer from now on.
+        ctx.marker_dirs.difference_update(place.parts[:i] for i in range(1, len(place.parts) + 1))
     handler(ctx, member, place)
     ctx.created(place.parts)
+    if ctx.implicit is not None and not _whiteouts.concerns(parts):
+        _hidden_whole(ctx, place.parts, directory=member.isdir())
+
+
+def _hidden_whole(ctx: Context, parts: Parts, *, directory: bool) -> None:
+    """LAYERFS: a non-directory of the layer hides the lower path whole; should the layer
+    make it a directory again, that directory is opaque (``reconcile``), as in FLAT."""
+    if not directory:
+        ctx.non_dirs.add(parts)
+    elif parts in ctx.non_dirs:
+        ctx.whited.add(parts)
 
 
 def _root_entry(ctx: Context, member: tarfile.TarInfo) -> None:

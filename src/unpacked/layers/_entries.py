@@ -15,15 +15,12 @@ import os
 import stat
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TypeVar, cast
 
 from unpacked.errors import LayerError, LowerLayersNeeded
-from unpacked.layers._fs import FileSystem
-from unpacked.layers._paths import Parts, Tree, display, normalise
-from unpacked.layers._report import ReportBuilder
-from unpacked.layers._tarstream import TarSource
+from unpacked.layers._context import Context, Place
+from unpacked.layers._paths import Parts, display, normalise
 
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -35,51 +32,6 @@ _NS = 10**9
 DEVICE_SKIPPED = "device node: not permitted (unprivileged)"
 
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True, slots=True)
-class Place:
-    """Where an entry goes: its resolved parent, its name there and its resolved path."""
-
-    dir_fd: int
-    name: str
-    parts: Parts
-
-
-@dataclass
-class Context:
-    """The state of one layer being applied."""
-
-    layer: str
-    fs: FileSystem
-    tree: Tree
-    source: TarSource
-    report: ReportBuilder
-    lower: Tree | None = None
-    upper: set[Parts] | None = None
-    """FLAT: every path this layer created, which its own whiteouts must not remove."""
-    dir_times: dict[Parts, tuple[int, int]] = field(default_factory=dict)
-    """Times of directory entries, set when the layer is complete."""
-    root_opaque: bool = False
-    """LAYERFS: the layer has an opaque marker in its root directory."""
-    implicit: dict[Parts, None] | None = None
-    """LAYERFS: directories whose last creation was implicit (as a missing parent), in order;
-    they take the lower directory's metadata when the layer is complete."""
-    defer_lower: bool = False
-    """LAYERFS: the lower tree exists but is not ready; needing it raises LowerLayersNeeded."""
-    whited: set[Parts] = field(default_factory=set)
-    """LAYERFS: paths this layer whites out, checked at its end against what it created."""
-
-    def created(self, parts: Parts) -> None:
-        """FLAT: record that this layer created ``parts`` (and so its parents hold its content)."""
-        upper = self.upper
-        if upper is None:
-            return
-        upper.add(parts)
-        parent = parts[:-1]
-        while parent and parent not in upper:
-            upper.add(parent)
-            parent = parent[:-1]
 
 
 def times(member: tarfile.TarInfo) -> tuple[int, int]:
@@ -359,7 +311,7 @@ def hardlink(ctx: Context, member: tarfile.TarInfo, place: Place) -> None:
 def _link(ctx: Context, place: Place, target: Parts) -> bool:
     for attempt in range(2):
         found = ctx.tree.directory(target[:-1], create=False)
-        if found is None:
+        if found is None or (*found[1], target[-1]) in ctx.marker_dirs:
             return False
         try:
             os.link(
@@ -413,13 +365,33 @@ def copy_from_lower(ctx: Context, place: Place, target: Parts) -> bool:
             follow_symlinks=False,
         )
         return True
-    if not stat.S_ISREG(st.st_mode):
+    if stat.S_ISREG(st.st_mode):
+        _copy_regular(ctx, found[0], target[-1], place, st)
+    elif stat.S_ISFIFO(st.st_mode) or stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+        _copy_special(ctx, place, st)
+    else:
         raise LayerError(
             f"layer {ctx.layer}: hard link {display(place.parts)!r} -> {display(target)!r}: "
-            "only regular files and symlinks of lower layers can be copied"
+            "only files, symlinks, fifos and devices of the lower layers can be linked"
         )
-    _copy_regular(ctx, found[0], target[-1], place, st)
     return True
+
+
+def _copy_special(ctx: Context, place: Place, st: os.stat_result) -> None:
+    """A fifo or device node like the lower one (FLAT links to it)."""
+    if stat.S_ISFIFO(st.st_mode):
+        _replacing(ctx, place, lambda: os.mkfifo(place.name, 0o600, dir_fd=place.dir_fd))
+    else:
+        kind, rdev = stat.S_IFMT(st.st_mode), st.st_rdev
+        make = ctx.fs.make_device
+        if not _replacing(ctx, place, lambda: make(place.dir_fd, place.name, kind, 0o600, rdev)):
+            clear(ctx, place)
+            ctx.report.skip(display(place.parts), DEVICE_SKIPPED)
+            return
+    # No xattrs: user.* ones cannot be set on such nodes.
+    _owner(ctx, ctx.fs.chown_at(place.dir_fd, place.name, st.st_uid, st.st_gid))
+    os.chmod(place.name, stat.S_IMODE(st.st_mode), dir_fd=place.dir_fd)
+    os.utime(place.name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=place.dir_fd)
 
 
 def _copy_regular(ctx: Context, dir_fd: int, name: str, place: Place, st: os.stat_result) -> None:

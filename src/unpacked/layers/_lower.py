@@ -17,7 +17,8 @@ import os
 from pathlib import Path
 
 from unpacked.layers import _fs
-from unpacked.layers._entries import Context, inherit_lower_directory
+from unpacked.layers._context import Context
+from unpacked.layers._entries import inherit_lower_directory
 from unpacked.layers._paths import Tree
 from unpacked.layers._report import PendingLower, ReportBuilder
 from unpacked.layers._tarstream import TarSource

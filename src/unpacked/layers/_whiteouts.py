@@ -15,7 +15,10 @@ In LAYERFS a whiteout hides the lower layers only (OCI), so a layer that whites
 out a path and also creates it, in either order, keeps its own entry:
 ``reconcile`` then drops the marker (fuse-overlayfs would hide the entry behind
 a ``.wh.`` file) and makes a directory opaque, so that the lower one's content
-stays hidden, as a FLAT tree has it.
+stays hidden, as a FLAT tree has it. So does a directory that the layer makes
+where it had put a non-directory; and a directory the layer creates only as a
+parent after a whiteout or opaque marker hid the lower one takes nothing from
+the lower one (``Context.hides_lower``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import tarfile
 
 from unpacked.errors import LayerError, UnsafeLayerError
 from unpacked.layers import _entries
-from unpacked.layers._entries import Context, Place
+from unpacked.layers._context import Context, Place
 from unpacked.layers._fs import OPAQUE_XATTR
 from unpacked.layers._paths import Parts, display
 
@@ -87,6 +90,16 @@ def _remove(ctx: Context, parent: Parts, name: str) -> None:
     assert ctx.upper is not None
     if place.parts not in ctx.upper:
         _entries.clear(ctx, place)
+        return
+    # This layer created the path (or something below it): its own entries stay,
+    # but a directory's lower content is hidden, as overlayfs shows the layer
+    # (``reconcile`` makes that directory opaque in LAYERFS).
+    existing = _lstat(fd, name)
+    if existing is None or not stat.S_ISDIR(existing.st_mode):
+        return
+    below = ctx.tree.directory(place.parts, create=False)
+    assert below is not None
+    _remove_lower_content(ctx, below[0], place.parts, ctx.upper)
 
 
 def _opaque(ctx: Context, mode: Whiteouts, parent: Parts) -> None:
@@ -99,6 +112,7 @@ def _opaque(ctx: Context, mode: Whiteouts, parent: Parts) -> None:
     if mode is Whiteouts.OVERLAY:
         os.setxattr(fd, OPAQUE_XATTR, b"y")
         ctx.root_opaque = ctx.root_opaque or not resolved
+        ctx.opaqued.add(resolved)
         return
     assert ctx.upper is not None
     _remove_lower_content(ctx, fd, resolved, ctx.upper)
@@ -203,9 +217,13 @@ def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
 def kept(ctx: Context, parts: Parts) -> None:
     """KEEP: the ``.wh.`` file at ``parts`` was created; remember what it whites out."""
     base = parts[-1]
-    if base.startswith(PREFIX) and not base.startswith(_AUFS_META):
+    if base == OPAQUE or (base.startswith(PREFIX) and not base.startswith(_AUFS_META)):
         found = ctx.tree.directory(parts[:-1], create=False)
-        if found is not None:
+        if found is None:
+            return
+        if base == OPAQUE:
+            ctx.opaqued.add(found[1])
+        else:
             ctx.whited.add((*found[1], base[len(PREFIX) :]))
 
 
