@@ -171,27 +171,28 @@ def _whiteout_mode(
 def _apply_member(ctx: Context, mode: Whiteouts, member: tarfile.TarInfo) -> None:
     try:
         parts = normalise(member.name, layer=ctx.layer)
-        if not parts:
-            _root_entry(ctx, member)
-        elif (
-            mode is not Whiteouts.KEEP
-            and _whiteouts.PREFIX in member.name
-            and _whiteouts.concerns(parts)
-        ):
-            _whiteouts.apply(ctx, mode, member, parts)
-        elif (
-            mode is Whiteouts.KEEP and _whiteouts.concerns(parts) and _whiteouts.blocked(ctx, parts)
-        ):
-            pass
-        else:
-            _create(ctx, member, parts)
-            if mode is Whiteouts.KEEP:
-                _whiteouts.kept(ctx, parts)
+        _dispatch(ctx, mode, member, parts)
     except (OSError, ValueError) as exc:  # ValueError: a NUL byte in a PAX name
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise LayerError(f"layer {ctx.layer}: entry {member.name!r}: {reason}") from exc
     if ctx.tree.created:
         _created_implicitly(ctx, marker=bool(parts) and _whiteouts.concerns(parts))
+
+
+def _dispatch(ctx: Context, mode: Whiteouts, member: tarfile.TarInfo, parts: Parts) -> None:
+    """The root's metadata, a whiteout or opaque marker, or an entry of the tree."""
+    if not parts:
+        _root_entry(ctx, member)
+        return
+    marker = _whiteouts.concerns(parts)
+    if mode is not Whiteouts.KEEP:
+        if marker and _whiteouts.PREFIX in member.name:
+            _whiteouts.apply(ctx, mode, member, parts)
+        else:
+            _create(ctx, member, parts)
+    elif not (marker and _whiteouts.blocked(ctx, parts)):
+        _create(ctx, member, parts)
+        _whiteouts.kept(ctx, parts)
 
 
 def _created_implicitly(ctx: Context, *, marker: bool) -> None:
