@@ -36,7 +36,9 @@ Intended differences of (2), and only these, are normalised:
   ("sanitise symlinks in root: ... too many levels of symbolic links"). Any
   other entry below the loop is refused by both. Such a stack is not compared.
 - Not generated: a hard link to itself (we keep the file; umoci removes it and
-  then fails to link).
+  then fails to link). One whose parent path reaches its target through a symlink
+  (``n -> a``, then ``n/b`` linking ``a/b``) is generated: umoci's refusal of it
+  (``link: no such file or directory``) is not compared, as for a direct one.
 - Stacks with an entry below a lower layer's symlink (or a hard link to one) are
   not compared in (2): the FLAT tree follows the symlink (as umoci does), LAYERFS
   puts a directory in its place (as containerd does), because a layer directory
@@ -256,6 +258,41 @@ UMOCI_MARKER_BELOW_SYMLINK_LOOP = re.compile(
 )
 
 
+# umoci's refusal of a hard link to itself: it removes the name, then links to it.
+UMOCI_LINK_TO_ITSELF = re.compile(r"unpack entry: [^\n]*: link: no such file or directory")
+
+
+def links_to_itself(stack: Sequence[Layer], root: Path) -> bool:
+    """Whether a hard link of ``stack``, its parent path resolved through the symlinks of
+    the tree at ``root``, names its own target."""
+    return any(
+        _through_symlinks(root, str(entry.name)) == _through_symlinks(root, str(entry.linkname))
+        for layer in stack
+        for entry in layer.entries
+        if entry.type == "hardlink"
+    )
+
+
+def _through_symlinks(root: Path, name: str) -> str:
+    """``name`` with its parent directories' symlinks in ``root`` followed (inside it)."""
+    *pending, last = [part for part in name.strip("/").split("/") if part not in ("", ".")]
+    resolved: list[str] = []
+    for _ in range(256):  # bounded: a loop ends as it stands
+        if not pending:
+            break
+        part = pending.pop(0)
+        candidate = root.joinpath(*resolved, part)
+        if part == "..":
+            resolved = resolved[:-1]
+        elif candidate.is_symlink():
+            target = os.readlink(candidate)
+            resolved = [] if target.startswith("/") else resolved
+            pending = [p for p in target.split("/") if p not in ("", ".")] + pending
+        else:
+            resolved.append(part)
+    return "/".join([*resolved, last])
+
+
 def umoci_unpack(layout: Path, out: Path) -> str | None:
     done = subprocess.run(
         ["umoci", "raw", "unpack", "--image", f"{layout}:t", str(out)],
@@ -312,6 +349,9 @@ def check_stack(
         if (theirs is None) == (ours is None):
             return [], False  # both refuse the stack
         if ours is None and UMOCI_MARKER_BELOW_SYMLINK_LOOP.search(theirs or ""):
+            return [], False  # intended: see the module docstring
+        refused_link = ours is None and UMOCI_LINK_TO_ITSELF.search(theirs or "")
+        if refused_link and links_to_itself(stack, flat):
             return [], False  # intended: see the module docstring
         which = "ours" if ours is not None else "umoci"
         return [Divergence(f"error:{which}", ours or theirs or "")], False

@@ -16,10 +16,12 @@ from pathlib import Path
 import pytest
 
 from layers.layer_stacks import (
+    UMOCI_LINK_TO_ITSELF,
     UMOCI_MARKER_BELOW_SYMLINK_LOOP,
     Layer,
     below_lower_symlink,
     check_stack,
+    links_to_itself,
     overlay_available,
     umoci_unpack,
 )
@@ -150,3 +152,23 @@ def test_a_hard_link_to_a_symlink_counts_as_a_symlink_for_the_overlay_skip() -> 
     stack = _stack([T.symlink("s", "a/b")], [T.hardlink("h", "s")], [T.file("h/x", b"x")])
     assert below_lower_symlink(stack)
     assert not below_lower_symlink(_stack([T.file("f")], [T.hardlink("h", "f")], [T.file("x")]))
+
+
+def test_a_hard_link_to_itself_through_a_symlinked_parent(tmp_path: Path) -> None:
+    """Seed 1282095868 (error:umoci): ``n -> a``, then ``n/b`` linking ``a/b``: we keep the
+    file; umoci removes it and fails to link. The fuzzer recognises it and does not count it."""
+    stack = _stack(
+        [T.symlink("n", "a")],
+        [T.file("a/b", b"content"), T.hardlink("n/b", "a/b")],
+    )
+    build_image(tmp_path / "layout", [layer.tar() for layer in stack], tag="t", compression="gzip")
+    refusal = umoci_unpack(tmp_path / "layout", tmp_path / "umoci")
+    assert refusal is not None and UMOCI_LINK_TO_ITSELF.search(refusal), refusal
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for index, layer in enumerate(stack):
+        apply_layer(io.BytesIO(layer.tar()), flat, target=Target.FLAT, name=f"L{index}")
+    assert (flat / "a" / "b").read_bytes() == b"content"
+    assert links_to_itself(stack, flat)
+    assert not links_to_itself(_stack([T.file("a/b"), T.hardlink("c", "a/b")]), flat)
+    assert check_stack(stack, tmp_path / "check", overlay=False) == ([], False)
