@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -133,16 +135,24 @@ def test_hard_link_to_a_directory_is_refused_in_every_mode(tmp_path: Path, case:
         apply_layer(io.BytesIO(tars[1]), layer, target=Target.LAYERFS, lower=below, name="L1")
 
 
-def test_whiteout_below_a_symlink_loop_hides_nothing(tmp_path: Path) -> None:
-    """Seed 367368271 (error:umoci): umoci refuses it, we accept; the fuzzer skips it."""
-    stack = _stack([T.symlink("a", "/a/b"), T.file("f")], [T.whiteout("a/x/c"), T.opaque("a/d")])
+def _refused_by_umoci_taken_by_us(
+    stack: Sequence[Layer], tmp_path: Path, refusal: re.Pattern[str]
+) -> Path:
+    """The FLAT tree we make of ``stack``, after checking that umoci refuses it as expected."""
     build_image(tmp_path / "layout", [layer.tar() for layer in stack], tag="t", compression="gzip")
-    refusal = umoci_unpack(tmp_path / "layout", tmp_path / "umoci")
-    assert refusal is not None and UMOCI_MARKER_BELOW_SYMLINK_LOOP.search(refusal), refusal
+    theirs = umoci_unpack(tmp_path / "layout", tmp_path / "umoci")
+    assert theirs is not None and refusal.search(theirs), theirs
     flat = tmp_path / "flat"
     flat.mkdir()
     for index, layer in enumerate(stack):
         apply_layer(io.BytesIO(layer.tar()), flat, target=Target.FLAT, name=f"L{index}")
+    return flat
+
+
+def test_whiteout_below_a_symlink_loop_hides_nothing(tmp_path: Path) -> None:
+    """Seed 367368271 (error:umoci): umoci refuses it, we accept; the fuzzer skips it."""
+    stack = _stack([T.symlink("a", "/a/b"), T.file("f")], [T.whiteout("a/x/c"), T.opaque("a/d")])
+    flat = _refused_by_umoci_taken_by_us(stack, tmp_path, UMOCI_MARKER_BELOW_SYMLINK_LOOP)
     assert sorted(os.listdir(flat)) == ["a", "f"]
     assert os.readlink(flat / "a") == "/a/b"
 
@@ -161,13 +171,7 @@ def test_a_hard_link_to_itself_through_a_symlinked_parent(tmp_path: Path) -> Non
         [T.symlink("n", "a")],
         [T.file("a/b", b"content"), T.hardlink("n/b", "a/b")],
     )
-    build_image(tmp_path / "layout", [layer.tar() for layer in stack], tag="t", compression="gzip")
-    refusal = umoci_unpack(tmp_path / "layout", tmp_path / "umoci")
-    assert refusal is not None and UMOCI_LINK_TO_ITSELF.search(refusal), refusal
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    for index, layer in enumerate(stack):
-        apply_layer(io.BytesIO(layer.tar()), flat, target=Target.FLAT, name=f"L{index}")
+    flat = _refused_by_umoci_taken_by_us(stack, tmp_path, UMOCI_LINK_TO_ITSELF)
     assert (flat / "a" / "b").read_bytes() == b"content"
     assert links_to_itself(stack, flat)
     assert not links_to_itself(_stack([T.file("a/b"), T.hardlink("c", "a/b")]), flat)
