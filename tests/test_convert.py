@@ -68,9 +68,10 @@ from unpacked.errors import (
     UnpackWorkerDied,
     VerificationError,
 )
+from unpacked.events import Event, ImageStarted
 from unpacked.layers import SpareWorkers, UnpackPool
 from unpacked.layers import _pool as unpack_pool
-from unpacked.platform import Platform
+from unpacked.platform import DEFAULT, Platform
 from unpacked.publish import open_publisher
 from unpacked.reference import Reference
 from unpacked.registry import RegistryClient
@@ -1368,15 +1369,17 @@ def test_progress_events(
     root = tmp_path / "repo"
 
     def run(reference: Reference) -> list[LayerProgress]:
-        events: list[LayerProgress] = []
+        events: list[Event] = []
         with RegistryClient() as client:
             convert_image(
                 reference,
                 client=client,
                 publisher=open_publisher(f"dir:{root}"),
-                progress=events.append,
+                on_event=events.append,
             )
-        return events
+        assert events[0] == ImageStarted(reference, DEFAULT)  # then only layer progress
+        assert all(isinstance(event, LayerProgress) for event in events[1:])
+        return [event for event in events if isinstance(event, LayerProgress)]
 
     events = run(ref_of(registry, "convert/shared-a:v1"))
     for digest, size in zip(one.layer_digests, one.layer_sizes, strict=True):

@@ -9,6 +9,10 @@ that may pass (network, rate limits, a busy repository lock); errors that will n
 (not found, refused, a broken layer) fail at once, and once a registry cannot even be
 connected to, its images not yet started fail untried. A stop request
 (``threading.Event``) is honoured between images, never in the middle of publishing one.
+
+What happens is reported through one callback (``unpacked.events``): each image's
+``ImageStarted`` (once, whatever its attempts), its layers' ``LayerProgress``, its
+``ImageDone``; ``CycleDone`` with the report at the end.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import functools
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -31,6 +36,15 @@ from unpacked.convert import (
     record_checks,
     record_failure,
     utc_now,
+)
+from unpacked.events import (
+    CycleDone,
+    Event,
+    EventCallback,
+    ImageDone,
+    ImageStarted,
+    LayerProgress,
+    emit,
 )
 from unpacked.platform import DEFAULT, Platform
 from unpacked.publish import Publisher, Transaction
@@ -168,21 +182,25 @@ def convert_wishlist(
     options: BatchOptions = BatchOptions(),
     stop: threading.Event | None = None,
     sleep: Callable[[float], bool] | None = None,
+    on_event: EventCallback | None = None,
 ) -> BatchReport:
     """Convert every image of ``wishlist``; failures are collected, not raised."""
+    started, clock = time.time(), time.monotonic()
     stop = stop or threading.Event()
     wait = sleep if sleep is not None else stop.wait  # True when stopping: backoff ends early
     jobs, failures = plan_jobs(wishlist.wishes, client)
     by_registry: dict[str, list[Job]] = {}
     for job in jobs:
         by_registry.setdefault(job.reference.registry, []).append(job)
-    runner = _Runner(client, _OneAtATime(publisher), options, stop, wait)
+    runner = _Runner(client, _OneAtATime(publisher), options, stop, wait, on_event)
     workers = max(1, min(options.parallel_registries, len(by_registry)))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="registry") as pool:
         batches = list(pool.map(runner.run_all, by_registry.values()))
     outcomes = tuple(outcome for batch in batches for outcome in batch)
     _record_checks(publisher, outcomes, options)
-    return BatchReport(outcomes, tuple(failures), stopped=stop.is_set())
+    report = BatchReport(outcomes, tuple(failures), stopped=stop.is_set())
+    emit(on_event, CycleDone(report, started, time.monotonic() - clock))
+    return report
 
 
 def _record_checks(
@@ -205,6 +223,7 @@ class _Runner:
     options: BatchOptions
     stop: threading.Event
     wait: Callable[[float], bool]
+    on_event: EventCallback | None = None
 
     def run_all(self, jobs: list[Job]) -> list[ImageOutcome]:
         """The images of one registry: the first alone, then the rest concurrently.
@@ -230,10 +249,13 @@ class _Runner:
             return None
         unreachable = state.unreachable
         if unreachable is not None:
-            return self._not_tried(job, unreachable)
-        outcome, error = self.run(job)
-        if isinstance(error, errors.RegistryUnreachableError):
-            state.unreachable = error
+            outcome = self._not_tried(job, unreachable)
+        else:
+            emit(self.on_event, ImageStarted(job.reference, job.platform))
+            outcome, error = self.run(job)
+            if isinstance(error, errors.RegistryUnreachableError):
+                state.unreachable = error
+        emit(self.on_event, ImageDone(outcome))
         return outcome
 
     def run(self, job: Job) -> tuple[ImageOutcome, errors.UnpackedError | None]:
@@ -248,6 +270,7 @@ class _Runner:
                     client=self.client,
                     publisher=self.publisher,
                     options=convert_options,
+                    on_event=None if self.on_event is None else self._layer_events,
                 )
             except errors.UnpackedError as exc:
                 if self._give_up(job, exc, attempt):
@@ -271,6 +294,11 @@ class _Runner:
                 options=convert_options,
             )
             return done, None
+
+    def _layer_events(self, event: Event) -> None:
+        """A conversion's events but its ``ImageStarted`` (sent once, before any attempt)."""
+        if isinstance(event, LayerProgress):
+            emit(self.on_event, event)
 
     def _failed(
         self, job: Job, error: errors.UnpackedError, attempt: int, options: ConvertOptions

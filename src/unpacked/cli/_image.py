@@ -60,7 +60,7 @@ def convert_single_image(args: argparse.Namespace) -> int:
                 client=client,
                 publisher=publisher,
                 options=options,
-                progress=progress,
+                on_event=progress,
                 spare_workers=spare,
             )
     except errors.UnpackedError as exc:

@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unpacked.events import Event, LayerProgress  # light: values only
+
 if TYPE_CHECKING:  # each command imports only the library parts it runs
     from unpacked.batch import BatchReport, ImageOutcome
-    from unpacked.convert import ConvertResult, LayerProgress
+    from unpacked.convert import ConvertResult
     from unpacked.records import ImageStatus
     from unpacked.stats import RepositoryStats
     from unpacked.summary import ImageSummary
@@ -184,7 +186,8 @@ def statuses_text(statuses: list[ImageStatus]) -> str:
 
 
 class Progress:
-    """One status line on a terminal, updated at most ten times a second (thread-safe)."""
+    """One status line on a terminal, updated at most ten times a second (thread-safe):
+    a consumer of the events (``EventCallback``) that shows the layer progress."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -192,7 +195,9 @@ class Progress:
         self._last = 0.0
         self._width = 0
 
-    def __call__(self, event: LayerProgress) -> None:
+    def __call__(self, event: Event) -> None:
+        if not isinstance(event, LayerProgress):
+            return  # the summary is rendered from the outcome, at the end
         with self._lock:
             key = event.digest.hex[:12]
             now = time.monotonic()

@@ -21,24 +21,26 @@ import logging
 import time
 from collections.abc import Callable
 
+from unpacked.convert._context import ImageContext
 from unpacked.convert._current import is_current, record_checks, record_failure
-from unpacked.convert._job import Job, wanted_workers
+from unpacked.convert._job import LayerStack, wanted_workers
 from unpacked.convert._model import (
     ConvertOptions,
     ConvertResult,
-    LayerProgress,
     Outcome,
     Placement,
-    ProgressCallback,
+    Stacked,
     placement,
     utc_now,
 )
 from unpacked.convert._space import space_errors
+from unpacked.convert._writers import Writer, writers_for
 from unpacked.digest import Digest
 from unpacked.errors import ConfigError
+from unpacked.events import EventCallback, ImageStarted, LayerProgress, emit
 from unpacked.layers import SpareWorkers
 from unpacked.platform import Platform
-from unpacked.publish import Publisher
+from unpacked.publish import Publisher, Transaction
 from unpacked.reference import Reference
 from unpacked.registry import RegistryClient
 from unpacked.status import read_status
@@ -49,7 +51,7 @@ __all__ = [
     "LayerProgress",
     "Outcome",
     "Placement",
-    "ProgressCallback",
+    "Writer",
     "convert_image",
     "placement",
     "read_status",
@@ -57,6 +59,7 @@ __all__ = [
     "record_failure",
     "start_spare_workers",
     "utc_now",
+    "writers_for",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,17 +71,19 @@ def convert_image(
     client: RegistryClient,
     publisher: Publisher,
     options: ConvertOptions = ConvertOptions(),
-    progress: ProgressCallback | None = None,
+    on_event: EventCallback | None = None,
     now: Callable[[], str] = utc_now,
     spare_workers: SpareWorkers | None = None,
 ) -> ConvertResult:
     """Publish ``reference`` into ``publisher``'s repository, or find it up to date.
 
     New layers are unpacked by ``spare_workers`` (``start_spare_workers``) before any
-    worker of the conversion's own is started.
+    worker of the conversion's own is started. ``on_event`` gets ``ImageStarted``, then
+    the ``LayerProgress`` of each layer downloaded and unpacked.
     """
     _check_options(reference, options)
     started = time.monotonic()
+    emit(on_event, ImageStarted(reference, options.platform))
     place = placement(reference, options)
     head = client.head_manifest(reference)
     previous = read_status(publisher.root, reference, place.status_file)
@@ -96,15 +101,55 @@ def convert_image(
             seconds=time.monotonic() - started,
         )
     resolved = client.resolve_image(reference, options.platform)
-    job = Job(reference, place, resolved, client, publisher.root, options, progress, spare_workers)
     with (
         space_errors(publisher.root, str(reference), list(resolved.layers)),
         publisher.transaction(lock_timeout=options.lock_timeout) as tx,
     ):
-        job.publish(tx, previous, now())
+        context = ImageContext(reference, place, resolved, publisher.root, options, previous, now())
+        stack = LayerStack(context, tx, client, on_event, spare_workers)
+        stacked = _publish(tx, context, stack, writers_for(options))
     outcome = Outcome.ADDED if previous is None else Outcome.UPDATED
     logger.info("%s: %s as %s", reference, outcome.value, resolved.image_id)
-    return job.result(outcome, time.monotonic() - started)
+    return _result(context, stacked, outcome, time.monotonic() - started)
+
+
+def _publish(
+    tx: Transaction, context: ImageContext, stack: LayerStack, writers: list[Writer]
+) -> Stacked:
+    """Run ``writers`` around the layer scheduling; what it produced, with every warning."""
+    trees = [tree for writer in writers if (tree := writer.begin(tx, context)) is not None]
+    tree = trees[0] if trees else None  # one writer at most composes the layers
+    layer_trees = any(writer.layer_trees for writer in writers)
+    work = stack.plan(layer_trees)
+    if layer_trees:
+        stacked = stack.into_layer_dirs(work, tree)
+    elif tree is not None:
+        stacked = stack.onto_flat(work, tree)
+    else:
+        stacked = Stacked()
+    warnings = list(stacked.warnings)
+    for writer in writers:
+        warnings += writer.finish(tx, context, stacked)
+    return Stacked(stacked.layers, tuple(warnings), stacked.downloaded)
+
+
+def _result(
+    context: ImageContext, stacked: Stacked, outcome: Outcome, seconds: float
+) -> ConvertResult:
+    image, links = context.image, context.place.links
+    return ConvertResult(
+        context.reference,
+        outcome,
+        image.top.digest,
+        image.image_id,
+        image.platform,
+        links[0] if links else None,
+        stacked.digests(reused=False),
+        stacked.digests(reused=True),
+        stacked.downloaded,
+        stacked.warnings,
+        seconds,
+    )
 
 
 def start_spare_workers(options: ConvertOptions) -> SpareWorkers:

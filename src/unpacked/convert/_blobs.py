@@ -6,24 +6,23 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from unpacked.convert._layer_records import LayerWork
+from unpacked.convert._model import LayerPlan
 from unpacked.digest import Digest
 from unpacked.errors import BlobAbandoned
 from unpacked.layers import ApplyReport, UnpackPool, abandon, discard, is_abandoned
-from unpacked.publish import Transaction
-from unpacked.registry import BlobStream
-
-if TYPE_CHECKING:
-    from unpacked.convert._job import Job
+from unpacked.reference import Reference
+from unpacked.registry import BlobStream, RegistryClient
 
 _CHUNK = 1 << 20
 
-BlobHook = Callable[[LayerWork, Path], None]
+BlobHook = Callable[[LayerPlan, Path], None]
+LayerName = Callable[[LayerPlan], str]
+Report = Callable[[Digest, str, int, int], None]
+"""Progress of one layer: digest, phase, bytes done, bytes in all."""
 
 
 class _Cancelled(Exception):
@@ -46,17 +45,27 @@ class Downloads:
     """
 
     def __init__(
-        self, job: Job, tx: Transaction, items: list[LayerWork], on_start: BlobHook | None
+        self,
+        client: RegistryClient,
+        reference: Reference,
+        items: Sequence[LayerPlan],
+        *,
+        scratch: Path,
+        workers: int,
+        name: LayerName,
+        report: Report,
+        on_start: BlobHook | None,
     ) -> None:
-        self._job = job
-        self._scratch = tx.scratch_dir()
+        self._client = client
+        self._reference = reference
+        self._scratch = scratch
+        self._name = name
+        self._report = report
         self._on_start = on_start
         self._failed = threading.Event()
         self._lock = threading.Lock()
         self._failure: BaseException | None = None
-        self._pool = ThreadPoolExecutor(
-            max_workers=job.options.download_workers, thread_name_prefix="download"
-        )
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="download")
         self._futures: dict[Digest, Future[Path]] = {}
         for item in items:
             digest = item.descriptor.digest
@@ -83,15 +92,13 @@ class Downloads:
                 raise failure from None
             raise
 
-    def _fetch(self, item: LayerWork) -> Path:
+    def _fetch(self, item: LayerPlan) -> Path:
         if self._failed.is_set():
-            raise _Cancelled(f"layer {self._job.layer_name(item)}: download cancelled")
+            raise _Cancelled(f"layer {self._name(item)}: download cancelled")
         attempts: list[Path] = []
         consume = functools.partial(self._consume, item, attempts)
         try:
-            return self._job.client.fetch_blob(
-                self._job.reference, item.descriptor, consume, self._failed
-            )
+            return self._client.fetch_blob(self._reference, item.descriptor, consume, self._failed)
         except BaseException as exc:
             if attempts:
                 self._give_up(attempts)
@@ -108,7 +115,7 @@ class Downloads:
         else:
             attempts[-1].unlink(missing_ok=True)
 
-    def _consume(self, item: LayerWork, attempts: list[Path], stream: BlobStream) -> Path:
+    def _consume(self, item: LayerPlan, attempts: list[Path], stream: BlobStream) -> Path:
         # Restartable: each attempt writes a file of its own, from the first byte; a
         # reader of an earlier one is told to stop.
         descriptor = item.descriptor
@@ -122,10 +129,10 @@ class Downloads:
             done = 0
             while chunk := stream.read(_CHUNK):
                 if self._failed.is_set():
-                    raise _Cancelled(f"layer {self._job.layer_name(item)}: download cancelled")
+                    raise _Cancelled(f"layer {self._name(item)}: download cancelled")
                 out.write(chunk)
                 done += len(chunk)
-                self._job.report(descriptor.digest, "download", done, descriptor.size)
+                self._report(descriptor.digest, "download", done, descriptor.size)
         return path
 
 
@@ -136,26 +143,35 @@ class AheadOfOrder:
     layer order (``report``) and completes each layer against the flat tree below it.
     """
 
-    def __init__(self, job: Job, tx: Transaction, pool: UnpackPool) -> None:
-        self._job = job
-        self._tx = tx
+    def __init__(
+        self,
+        pool: UnpackPool,
+        layerfs: Mapping[Digest, Path],
+        *,
+        name: LayerName,
+        bound: Callable[[LayerPlan], tuple[int, str]],
+        write_ahead: Callable[[], None],
+    ) -> None:
         self._pool = pool
+        self._layerfs = layerfs
+        self._name = name
+        self._bound = bound
+        self._write_ahead = write_ahead
         self._futures: dict[Digest, Future[ApplyReport]] = {}
         self._followed: dict[Digest, Path] = {}
 
-    def submit(self, item: LayerWork, blob: Path) -> None:
+    def submit(self, item: LayerPlan, blob: Path) -> None:
         """``Downloads``' hook, in a download thread: the blob is read as it downloads."""
-        assert item.layerfs is not None
         digest = item.descriptor.digest
         self._followed[digest] = blob
         future = self._pool.submit(
             blob,
             item.descriptor.media_type,
             item.diff_id,
-            item.layerfs,
-            name=self._job.layer_name(item),
+            self._layerfs[digest],
+            name=self._name(item),
             size=item.descriptor.size,
-            bound=self._job.bound(item),
+            bound=self._bound(item),
         )
         future.add_done_callback(lambda done: self._unpacked(done, blob))
         self._futures[digest] = future
@@ -166,9 +182,9 @@ class AheadOfOrder:
             # Kept for an unpacking in order otherwise; gone before it is flushed.
             discard(blob)
         # The layer's files may go to disk while the CPU works on the others.
-        self._tx.write_ahead()
+        self._write_ahead()
 
-    def done(self, item: LayerWork) -> bool:
+    def done(self, item: LayerPlan) -> bool:
         """Whether the worker is done with the layer (its report would not block)."""
         future = self._futures.get(item.descriptor.digest)
         return future is not None and future.done()
@@ -177,7 +193,7 @@ class AheadOfOrder:
         """Every layer's report was taken: the workers may exit."""
         self._pool.close()
 
-    def report(self, item: LayerWork, blob: Path) -> ApplyReport:
+    def report(self, item: LayerPlan, blob: Path) -> ApplyReport:
         """The worker's report (raises what the worker raised, e.g. ``LowerLayersNeeded``).
 
         Only after ``Downloads.wait`` returned the item's ``blob``, so it was submitted.
@@ -187,5 +203,5 @@ class AheadOfOrder:
         digest = item.descriptor.digest
         report = self._futures[digest].result()
         if self._followed[digest] != blob:
-            raise BlobAbandoned(f"layer {self._job.layer_name(item)}: its download restarted")
+            raise BlobAbandoned(f"layer {self._name(item)}: its download restarted")
         return report

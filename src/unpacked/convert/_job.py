@@ -1,37 +1,30 @@
-"""One image published inside one transaction: layers, flat tree, metadata, links."""
+"""The scheduling of one image's layers inside its transaction: new layers downloaded and
+unpacked (ahead of order by workers, or here in order), each stacked onto the tree below
+it (the flat tree, or a scratch one); one immutable result per layer position."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from unpacked import layout
-from unpacked.apptainer import prepare_sandbox
 from unpacked.convert._blobs import AheadOfOrder, Downloads
-from unpacked.convert._layer_records import (
-    LayerWork,
-    stored_layer,
-    stored_layer_facts,
-    touch_marker,
-    update_schedule,
-    write_catalog_markers,
-    write_layer_records,
-)
+from unpacked.convert._context import ImageContext
+from unpacked.convert._layer_records import stored_layer, stored_layer_facts, touch_marker
 from unpacked.convert._model import (
     MAX_AUTO_UNPACK_WORKERS,
     ConvertOptions,
-    ConvertResult,
-    LayerProgress,
-    Outcome,
-    Placement,
-    ProgressCallback,
-    placement,
+    LayerPlan,
+    LayerResult,
+    Stacked,
 )
 from unpacked.digest import Digest
 from unpacked.errors import BlobAbandoned, LayerError, LowerLayersNeeded, UnpackWorkerDied
+from unpacked.events import EventCallback, LayerProgress, emit
 from unpacked.layers import (
     ApplyReport,
     LayerTree,
@@ -44,11 +37,7 @@ from unpacked.layers import (
     unpack_layer,
 )
 from unpacked.publish import Transaction
-from unpacked.records import (
-    ImageStatus,
-)
-from unpacked.reference import Reference
-from unpacked.registry import RegistryClient, ResolvedImage
+from unpacked.registry import RegistryClient
 
 logger = logging.getLogger(__name__)
 
@@ -79,93 +68,76 @@ class _Ready:
         self.layers = []
 
 
-@dataclass
-class Job:
-    """One image being published; lives for one transaction."""
+class LayerStack:
+    """The scheduling of one image's layers inside its transaction: downloads, workers,
+    the order layers are merged in. Produces one immutable ``LayerResult`` per position."""
 
-    reference: Reference
-    place: Placement
-    image: ResolvedImage
-    client: RegistryClient
-    root: Path
-    options: ConvertOptions
-    progress: ProgressCallback | None
-    spare: SpareWorkers | None = None
-    unpacked: list[Digest] = field(default_factory=list)
-    reused: list[Digest] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    downloaded: int = 0
+    def __init__(
+        self,
+        context: ImageContext,
+        tx: Transaction,
+        client: RegistryClient,
+        on_event: EventCallback | None,
+        spare: SpareWorkers | None = None,
+    ) -> None:
+        self._context = context
+        self._options = context.options
+        self._tx = tx
+        self._client = client
+        self._on_event = on_event
+        self._spare = spare
+        self._warnings: list[str] = []
 
-    def publish(self, tx: Transaction, previous: ImageStatus | None, when: str) -> None:
-        flat_rel = layout.flat_dir(self.image.image_id)
-        build_flat = not self.options.skip_flat and not tx.exists(flat_rel)
-        flat = tx.new_dir(flat_rel) if build_flat else None
-        work = self._plan(tx)
-        if self.options.skip_layers:
-            if flat is not None:
-                self._unpack_flat_only(tx, work, flat)
-        else:
-            self._unpack_layers(tx, work, flat)
-            write_layer_records(
-                tx, self.image, work, when, index_content=self.options.content_index
-            )
-        if flat is not None:
-            self._finish_flat(flat)
-        self._write_metadata(tx, previous, when)
-
-    def result(self, outcome: Outcome, seconds: float) -> ConvertResult:
-        return ConvertResult(
-            self.reference,
-            outcome,
-            self.image.top.digest,
-            self.image.image_id,
-            self.image.platform,
-            self.place.links[0] if self.place.links else None,
-            tuple(self.unpacked),
-            tuple(self.reused),
-            self.downloaded,
-            tuple(self.warnings),
-            seconds,
-        )
-
-    def _plan(self, tx: Transaction) -> list[LayerWork]:
-        diff_ids = self.image.config.diff_ids
+    def plan(self, layer_trees: bool) -> list[LayerPlan]:
+        """The image's layer positions; with ``layer_trees``, those to unpack are new."""
+        diff_ids = self._context.image.config.diff_ids
         seen: set[Digest] = set()
         work = []
-        for index, descriptor in enumerate(self.image.layers):
+        for index, descriptor in enumerate(self._context.image.layers):
             new = (
-                not self.options.skip_layers
+                layer_trees
                 and descriptor.digest not in seen
-                and not stored_layer(tx, descriptor.digest)
+                and not stored_layer(self._tx, descriptor.digest)
             )
             seen.add(descriptor.digest)
-            work.append(LayerWork(index, descriptor, diff_ids[index], new))
+            work.append(LayerPlan(index, descriptor, diff_ids[index], new))
         return work
 
-    def _unpack_layers(self, tx: Transaction, work: list[LayerWork], flat: Path | None) -> None:
+    def into_layer_dirs(self, work: list[LayerPlan], flat: Path | None) -> Stacked:
+        """Each new layer unpacked into its layer directory, the layers merged onto
+        ``flat`` (if a flat tree is being built)."""
         new = [item for item in work if item.new]  # only a layer's first use is new
-        for item in new:
-            self._make_layer_dir(tx, item)
-        tree = flat if flat is not None else self._scratch_tree(tx, work)
+        layerfs = {item.descriptor.digest: self._make_layer_dir(item) for item in new}
+        tree = flat if flat is not None else self._scratch_tree(work)
         workers = self._unpack_workers(new, work, tree)
         with contextlib.ExitStack() as stack:
             ahead = None
             if workers:
                 try:
-                    pool = stack.enter_context(UnpackPool(workers, self.spare))
+                    pool = stack.enter_context(UnpackPool(workers, self._spare))
                 except LayerError as exc:
                     logger.warning("%s; unpacking the layers in this process", exc)
                 else:
-                    ahead = AheadOfOrder(self, tx, pool)
-            blobs = stack.enter_context(self._downloads(tx, new, ahead))
-            above = self._stack_layers(tx, work, blobs, ahead, tree)
+                    ahead = self._ahead(pool, layerfs)
+            blobs = stack.enter_context(self._downloads(new, ahead))
+            results, above = self._stack_layers(work, layerfs, blobs, ahead, tree)
             if ahead is not None:
                 ahead.close()  # the workers exit while the last layers merge
             if flat is not None and above:
                 merge_layers(above, flat)
+        return Stacked(tuple(results), tuple(self._warnings), _size(new))
 
-    @staticmethod
-    def _scratch_tree(tx: Transaction, work: list[LayerWork]) -> Path | None:
+    def _ahead(self, pool: UnpackPool, layerfs: dict[Digest, Path]) -> AheadOfOrder:
+        context = self._context
+        return AheadOfOrder(
+            pool,
+            layerfs,
+            name=context.layer_name,
+            bound=context.bound,
+            write_ahead=self._tx.write_ahead,
+        )
+
+    def _scratch_tree(self, work: list[LayerPlan]) -> Path | None:
         """A tree of the layers below the new ones, when no flat tree is being built.
 
         A new layer needs what is below it: the metadata of directories it creates only
@@ -175,71 +147,82 @@ class Job:
         """
         if not any(item.new and item.index > 0 for item in work):
             return None
-        tree = tx.scratch_dir() / "lower-tree"
+        tree = self._tx.scratch_dir() / "lower-tree"
         os.mkdir(tree, 0o755)
         return tree
 
     def _unpack_workers(
-        self, new: list[LayerWork], work: list[LayerWork], tree: Path | None
+        self, new: list[LayerPlan], work: list[LayerPlan], tree: Path | None
     ) -> int:
         """Worker processes for the new layers; 0: unpack them here, in order."""
-        automatic = self.options.unpack_workers is None
-        if automatic and sum(item.descriptor.size for item in new) < POOL_MIN_BYTES:
+        automatic = self._options.unpack_workers is None
+        if automatic and _size(new) < POOL_MIN_BYTES:
             return 0  # workers would not pay for their start
-        wanted = wanted_workers(self.options)
+        wanted = wanted_workers(self._options)
         if wanted < 2:
             return 0
         # One new layer is worth a worker too when stored layers merge meanwhile.
         stored = tree is not None and len(new) < len(work)
         return min(wanted, len(new)) if len(new) > 1 or stored else 0
 
-    def _downloads(
-        self, tx: Transaction, items: list[LayerWork], ahead: AheadOfOrder | None
-    ) -> Downloads:
-        self.downloaded = sum(item.descriptor.size for item in items)
-        return Downloads(self, tx, items, ahead.submit if ahead is not None else None)
+    def _downloads(self, items: list[LayerPlan], ahead: AheadOfOrder | None) -> Downloads:
+        return Downloads(
+            self._client,
+            self._context.reference,
+            items,
+            scratch=self._tx.scratch_dir(),
+            workers=self._options.download_workers,
+            name=self._context.layer_name,
+            report=self._report,
+            on_start=ahead.submit if ahead is not None else None,
+        )
 
     def _stack_layers(
         self,
-        tx: Transaction,
-        work: list[LayerWork],
+        work: list[LayerPlan],
+        layerfs: dict[Digest, Path],
         blobs: Downloads,
         ahead: AheadOfOrder | None,
         tree: Path | None,
-    ) -> list[LayerTree]:
+    ) -> tuple[list[LayerResult], list[LayerTree]]:
         """Unpack the new layers in order, each onto ``tree`` holding the layers below it.
 
         Layers that are ready (stored, or unpacked) wait and are merged in one walk when
         a new layer needs them below it, or while the job waits for a worker; those above
-        the last new layer are returned.
+        the last new layer are returned, with every position's result.
         """
         ready = _Ready(tree)
-        staged: dict[Digest, LayerWork] = {}
+        results: list[LayerResult] = []
+        staged: dict[Digest, LayerResult] = {}
         for item in work:
             digest = item.descriptor.digest
             if digest in staged:  # the same layer twice in one image
-                first = staged[digest]
-                item.layerfs, item.whiteouts = first.layerfs, first.whiteouts
-                item.diff_size = first.diff_size
+                result = replace(staged[digest], plan=item)
             elif item.new:
                 if ahead is None or not ahead.done(item):
                     ready.merge()  # needed below it, or merged while its worker works
-                self._unpack_one(tx, item, blobs.wait(digest), ahead, ready)
-                staged[digest] = item
+                result = self._unpack_one(item, layerfs[digest], blobs.wait(digest), ahead, ready)
             else:
-                item.layerfs = tx.read_path(layout.layerfs_dir(digest))
-                item.whiteouts, item.diff_size = stored_layer_facts(tx, item, self.layer_name(item))
-                staged[digest] = item
-                self.reused.append(digest)
-            assert item.layerfs is not None
-            ready.layers.append(LayerTree(item.layerfs, item.whiteouts, self.layer_name(item)))
-        return ready.layers
+                result = self._stored(item)
+            staged.setdefault(digest, result)
+            results.append(result)
+            name = self._context.layer_name(item)
+            ready.layers.append(LayerTree(result.tree, result.whiteouts, name))
+        return results, ready.layers
 
-    def _make_layer_dir(self, tx: Transaction, item: LayerWork) -> None:
-        layer_root = tx.new_dir(layout.layer_dir(item.descriptor.digest))
+    def _stored(self, item: LayerPlan) -> LayerResult:
+        digest = item.descriptor.digest
+        tree = self._tx.read_path(layout.layerfs_dir(digest))
+        name = self._context.layer_name(item)
+        whiteouts, diff_size = stored_layer_facts(self._tx, digest, name)
+        return LayerResult(item, tree, whiteouts, diff_size, reused=True)
+
+    def _make_layer_dir(self, item: LayerPlan) -> Path:
+        layer_root = self._tx.new_dir(layout.layer_dir(item.descriptor.digest))
         os.mkdir(layer_root / ".metadata", 0o755)
-        item.layerfs = layer_root / "layerfs"
-        self._make_layerfs(item.layerfs)
+        layerfs = layer_root / "layerfs"
+        self._make_layerfs(layerfs)
+        return layerfs
 
     @staticmethod
     def _make_layerfs(layerfs: Path) -> None:
@@ -249,90 +232,91 @@ class Job:
 
     def _unpack_one(
         self,
-        tx: Transaction,
-        item: LayerWork,
+        item: LayerPlan,
+        layerfs: Path,
         blob: Path,
         ahead: AheadOfOrder | None,
         ready: _Ready,
-    ) -> None:
+    ) -> LayerResult:
         report = None
         if ahead is not None:
-            report = self._unpacked_ahead(tx, item, blob, ahead, ready)
+            report = self._unpacked_ahead(item, layerfs, blob, ahead, ready)
         if report is None:
             ready.merge()
-            report = self._unpack_here(item, blob, ready.tree)
+            report = self._unpack_here(item, layerfs, blob, ready.tree)
         blob.unlink(missing_ok=True)  # not needed any more; keep it out of any flush
-        tx.write_ahead()
-        item.whiteouts = report.whiteouts
-        item.diff_size = report.diff_size
-        self.warnings.extend(f"{self.layer_name(item)}: {w}" for w in report.warnings)
-        self.unpacked.append(item.descriptor.digest)
-        self.report(item.descriptor.digest, "done", item.descriptor.size, item.descriptor.size)
+        self._tx.write_ahead()
+        name = self._context.layer_name(item)
+        self._warnings.extend(f"{name}: {w}" for w in report.warnings)
+        self._report(item.descriptor.digest, "done", item.descriptor.size, item.descriptor.size)
+        return LayerResult(item, layerfs, report.whiteouts, report.diff_size, reused=False)
 
     def _unpacked_ahead(
-        self, tx: Transaction, item: LayerWork, blob: Path, ahead: AheadOfOrder, ready: _Ready
+        self, item: LayerPlan, layerfs: Path, blob: Path, ahead: AheadOfOrder, ready: _Ready
     ) -> ApplyReport | None:
         """The worker's layer, completed against the layers below it; None if it must be
         unpacked again."""
-        assert item.layerfs is not None
         try:
             report = ahead.report(item, blob)
         except LowerLayersNeeded as exc:
             logger.info("%s: unpacking the layer again, after the layers below it", exc)
-            self._restart_layerfs(tx, item)
+            self._restart_layerfs(item, layerfs)
             return None
         except BlobAbandoned as exc:
             logger.info("%s: unpacking the layer again, from the finished blob", exc)
-            self._restart_layerfs(tx, item)
+            self._restart_layerfs(item, layerfs)
             return None
         except UnpackWorkerDied as exc:
             # Whatever killed it (the OOM killer, a limit), the layer can still be
             # unpacked here rather than fail the image.
             logger.warning("%s; unpacking the layer in this process instead", exc)
-            self._restart_layerfs(tx, item)
+            self._restart_layerfs(item, layerfs)
             return None
-        name = self.layer_name(item)
+        name = self._context.layer_name(item)
         if report.pending:  # most layers need nothing from below (docker lists parents)
             ready.merge()
-        warnings = complete_layer(item.layerfs, ready.tree, report.pending, name=name)
-        self.warnings.extend(f"{name}: {warning}" for warning in warnings)
+        warnings = complete_layer(layerfs, ready.tree, report.pending, name=name)
+        self._warnings.extend(f"{name}: {warning}" for warning in warnings)
         return report
 
-    def _restart_layerfs(self, tx: Transaction, item: LayerWork) -> None:
+    def _restart_layerfs(self, item: LayerPlan, layerfs: Path) -> None:
         """An empty layer directory in place of a worker's partial one (kept in scratch)."""
-        assert item.layerfs is not None
-        os.rename(item.layerfs, tx.scratch_dir() / f"partial-{item.descriptor.digest.hex}")
-        self._make_layerfs(item.layerfs)
+        os.rename(layerfs, self._tx.scratch_dir() / f"partial-{item.descriptor.digest.hex}")
+        self._make_layerfs(layerfs)
 
-    def _unpack_here(self, item: LayerWork, blob: Path, tree: Path | None) -> ApplyReport:
-        assert item.layerfs is not None
-        self.report(item.descriptor.digest, "unpack", 0, item.descriptor.size)
+    def _unpack_here(
+        self, item: LayerPlan, layerfs: Path, blob: Path, tree: Path | None
+    ) -> ApplyReport:
+        self._report(item.descriptor.digest, "unpack", 0, item.descriptor.size)
         with open(blob, "rb") as stream:
             return unpack_layer(
                 stream,
                 item.descriptor.media_type,
                 item.diff_id,
-                item.layerfs,
+                layerfs,
                 target=Target.LAYERFS,
                 lower=tree,
-                name=self.layer_name(item),
-                bound=self.bound(item),
+                name=self._context.layer_name(item),
+                bound=self._context.bound(item),
             )
 
-    def _unpack_flat_only(self, tx: Transaction, work: list[LayerWork], flat: Path) -> None:
+    def onto_flat(self, work: list[LayerPlan], flat: Path) -> Stacked:
+        """Every layer applied straight onto the flat tree (no layer directories)."""
         # The same blob may appear twice in one image: delete it after its last use only.
         last_use = {item.descriptor.digest: item.index for item in work}
-        first: dict[Digest, LayerWork] = {}
+        first: dict[Digest, LayerPlan] = {}
         for item in work:
             first.setdefault(item.descriptor.digest, item)
-        with self._downloads(tx, list(first.values()), None) as blobs:
+        with self._downloads(list(first.values()), None) as blobs:
             for item in work:
                 blob = blobs.wait(item.descriptor.digest)
                 self._apply_flat(item, blob, flat)
                 if last_use[item.descriptor.digest] == item.index:
                     blob.unlink()
+        return Stacked((), tuple(self._warnings), _size(first.values()))
 
-    def _apply_flat(self, item: LayerWork, blob: Path, flat: Path) -> None:
+    def _apply_flat(self, item: LayerPlan, blob: Path, flat: Path) -> None:
+        name = self._context.layer_name(item)
         with open(blob, "rb") as stream:
             report = unpack_layer(
                 stream,
@@ -340,63 +324,15 @@ class Job:
                 item.diff_id,
                 flat,
                 target=Target.FLAT,
-                name=self.layer_name(item),
-                bound=self.bound(item),
+                name=name,
+                bound=self._context.bound(item),
             )
-        self.warnings.extend(f"{self.layer_name(item)}: {w}" for w in report.warnings)
+        self._warnings.extend(f"{name}: {w}" for w in report.warnings)
 
-    def _finish_flat(self, flat: Path) -> None:
-        report = prepare_sandbox(flat, self.image.config)
-        self.warnings.extend(f"flat tree: {path}: {why}" for path, why in report.skipped)
-        if not (flat / layout.CATALOG_MARKER).exists():
-            touch_marker(flat)
+    def _report(self, digest: Digest, phase: str, done: int, total: int) -> None:
+        emit(self._on_event, LayerProgress(self._context.reference, digest, phase, done, total))
 
-    def _write_metadata(self, tx: Transaction, previous: ImageStatus | None, when: str) -> None:
-        image = self.image
-        status = ImageStatus(
-            reference=str(self.reference),
-            digest=str(image.top.digest),
-            media_type=image.top.media_type,
-            manifest_digest=str(image.manifest_descriptor.digest),
-            image_id=str(image.image_id),
-            platform=str(image.platform),
-            last_check=when,
-            last_change=when,
-        )
-        tx.write_file(self.place.manifest_file, image.manifest_raw)
-        tx.write_file(self.place.status_file, status.to_bytes())
-        write_catalog_markers(tx, image, self.options)
-        update_schedule(
-            tx,
-            self.root,
-            reference=self.reference,
-            previous=previous,
-            image_id=str(image.image_id),
-            when=when,
-        )
-        for link in self.place.links:
-            target = layout.relative_target(link, layout.flat_dir(image.image_id))
-            tx.set_symlink(link, str(target))
-        if self.options.skip_flat:
-            # Layers only: a link left from an earlier full conversion would show an image
-            # that status.json no longer describes.
-            full = placement(self.reference, replace(self.options, skip_flat=False))
-            for link in full.links:
-                if tx.exists(link):
-                    tx.remove(link)
-        for alias, name in self.place.aliases:
-            if not tx.exists(alias):
-                tx.set_symlink(alias, name)
 
-    def layer_name(self, item: LayerWork) -> str:
-        count = len(self.image.layers)
-        return f"{item.descriptor.digest} ({item.index + 1}/{count} of {self.reference})"
-
-    def bound(self, item: LayerWork) -> tuple[int, str]:
-        """The most the layer may decompress to, and how that was set (for the error)."""
-        limit, size = self.options.max_layer_size, item.descriptor.size
-        return limit.for_blob(size), limit.describe(size)
-
-    def report(self, digest: Digest, phase: str, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.progress(LayerProgress(self.reference, digest, phase, done, total))
+def _size(items: Iterable[LayerPlan]) -> int:
+    """The compressed bytes of ``items`` (what downloading them costs)."""
+    return sum(item.descriptor.size for item in items)

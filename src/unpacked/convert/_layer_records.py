@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
 from unpacked import layout
 from unpacked.contentindex import write_index
-from unpacked.convert._model import ConvertOptions
+from unpacked.convert._model import LayerResult
 from unpacked.digest import Digest
 from unpacked.errors import PublishError
-from unpacked.manifest import Descriptor
 from unpacked.publish import Transaction
 from unpacked.records import (
     ImageStatus,
@@ -26,19 +25,6 @@ from unpacked.records import (
 from unpacked.reference import Reference
 from unpacked.registry import ResolvedImage
 from unpacked.status import list_statuses
-
-
-@dataclass
-class LayerWork:
-    """One layer of the image being published."""
-
-    index: int
-    descriptor: Descriptor
-    diff_id: Digest
-    new: bool
-    layerfs: Path | None = None
-    whiteouts: str = "overlay"
-    diff_size: int = 0
 
 
 def stored_layer(tx: Transaction, digest: Digest) -> bool:
@@ -63,9 +49,9 @@ def touch_marker(directory: Path) -> None:
         os.close(fd)
 
 
-def stored_layer_facts(tx: Transaction, item: LayerWork, name: str) -> tuple[str, int]:
+def stored_layer_facts(tx: Transaction, digest: Digest, name: str) -> tuple[str, int]:
     """Whiteout form and diff size of a layer the repository holds, from its layers.json."""
-    path = tx.read_path(layout.layer_record_file(item.descriptor.digest))
+    path = tx.read_path(layout.layer_record_file(digest))
     try:
         records = parse_layer_records(path.read_bytes(), what=str(path))
         sizes = {int(record["diff-size"]) for record in records}
@@ -78,7 +64,7 @@ def stored_layer_facts(tx: Transaction, item: LayerWork, name: str) -> tuple[str
 def write_layer_records(
     tx: Transaction,
     image: ResolvedImage,
-    work: list[LayerWork],
+    layers: Sequence[LayerResult],
     when: str,
     *,
     index_content: bool = True,
@@ -91,32 +77,32 @@ def write_layer_records(
     """
     ids = storage_layer_ids(image.config.diff_ids)
     records: dict[Digest, list[LayerRecord]] = {}
-    first: dict[Digest, LayerWork] = {}
-    for item in work:
+    first: dict[Digest, LayerResult] = {}
+    for layer in layers:
+        item = layer.plan
         digest = item.descriptor.digest
-        first.setdefault(digest, item)
+        first.setdefault(digest, layer)
         records.setdefault(digest, []).append(
             LayerRecord(
                 ids[item.index],
                 when,
                 str(digest),
                 str(item.diff_id),
-                item.diff_size,
-                item.whiteouts,
+                layer.diff_size,
+                layer.whiteouts,
             )
         )
     image_id = str(image.image_id)
-    for digest, item in first.items():
-        if item.new:
-            assert item.layerfs is not None
-            metadata = item.layerfs.parent / ".metadata"
+    for digest, layer in first.items():
+        if not layer.reused:
+            metadata = layer.tree.parent / ".metadata"
             (metadata / "origin.json").write_bytes(origin_json([image_id]))
             (metadata / "layers.json").write_bytes(
                 merge_layer_records([], records[digest]) or b"[]"
             )
             if index_content:
                 # The layer is complete here, and the index is published with it.
-                write_index(item.layerfs, metadata / layout.CONTENT_INDEX)
+                write_index(layer.tree, metadata / layout.CONTENT_INDEX)
         else:
             _update_layer_metadata(tx, digest, records[digest], image_id)
 
@@ -185,18 +171,22 @@ def update_schedule(
         tx.write_file(layout.REMOVE_SCHEDULE, updated.to_bytes())
 
 
-def write_catalog_markers(tx: Transaction, image: ResolvedImage, options: ConvertOptions) -> None:
+def flat_catalog_dirs(image: ResolvedImage) -> set[PurePosixPath]:
+    """The directories above the image's flat tree that hold a ``.cvmfscatalog``."""
+    return {layout.FLAT, layout.flat_dir(image.image_id).parent}
+
+
+def layer_catalog_dirs(image: ResolvedImage) -> set[PurePosixPath]:
+    """The directories above the image's layer directories that hold a ``.cvmfscatalog``."""
+    return {layout.LAYERS} | {layout.layer_dir(layer.digest).parent for layer in image.layers}
+
+
+def write_catalog_markers(tx: Transaction, dirs: Iterable[PurePosixPath]) -> None:
     """The top-level and super-directory ``.cvmfscatalog`` markers (DESIGN.md section 8).
 
-    Only for the trees this conversion writes: a marker in an otherwise empty directory
-    would make an empty nested catalog.
+    Only for the trees this conversion writes (each writer names its own): a marker in an
+    otherwise empty directory would make an empty nested catalog.
     """
-    dirs: set[PurePosixPath] = set()
-    if not options.skip_flat:
-        dirs |= {layout.FLAT, layout.flat_dir(image.image_id).parent}
-    if not options.skip_layers:
-        dirs |= {layout.LAYERS}
-        dirs |= {layout.layer_dir(layer.digest).parent for layer in image.layers}
     for directory in sorted(dirs):
         marker = directory / layout.CATALOG_MARKER
         if not tx.exists(marker):

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from unpacked import layout
 from unpacked.digest import Digest
 from unpacked.layers import SizeLimit
+from unpacked.manifest import Descriptor
 from unpacked.platform import DEFAULT, Platform
 from unpacked.reference import Reference
 
@@ -94,17 +94,44 @@ def placement(reference: Reference, options: ConvertOptions) -> Placement:
 
 
 @dataclass(frozen=True)
-class LayerProgress:
-    """A progress event: ``phase`` is "download", "unpack" or "done"."""
+class LayerPlan:
+    """One position of the image's layer list, as planned before anything is unpacked.
 
-    reference: Reference
-    digest: Digest
-    phase: str
-    done: int
-    total: int
+    ``new``: the layer is unpacked into a layer directory of its own (its first position
+    in the image, not stored yet, and layer directories are written).
+    """
+
+    index: int
+    descriptor: Descriptor
+    diff_id: Digest
+    new: bool
 
 
-ProgressCallback = Callable[[LayerProgress], None]
+@dataclass(frozen=True)
+class LayerResult:
+    """One position of the image's layer list, ready: where its tree is, its whiteout
+    form and diff size, and whether the repository held it already (``reused``)."""
+
+    plan: LayerPlan
+    tree: Path
+    whiteouts: str
+    diff_size: int
+    reused: bool
+
+
+@dataclass(frozen=True)
+class Stacked:
+    """What the layer scheduling produced: one result per layer position (none when the
+    layers went straight into the flat tree), the warnings, the bytes downloaded."""
+
+    layers: tuple[LayerResult, ...] = ()
+    warnings: tuple[str, ...] = ()
+    downloaded: int = 0
+
+    def digests(self, *, reused: bool) -> tuple[Digest, ...]:
+        """The layers unpacked (or reused), each once, in image order."""
+        found = (r.plan.descriptor.digest for r in self.layers if r.reused == reused)
+        return tuple(dict.fromkeys(found))
 
 
 @dataclass(frozen=True)
