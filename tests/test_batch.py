@@ -34,6 +34,14 @@ from support.samples import SampleImages, push, put_manifest
 from unpacked.batch import BatchOptions, BatchReport, convert_wishlist, plan_jobs
 from unpacked.cli import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, main
 from unpacked.cli import _wishlist as commands
+from unpacked.events import (
+    CycleDone,
+    Event,
+    EventCallback,
+    ImageDone,
+    ImageStarted,
+    LayerProgress,
+)
 from unpacked.publish import open_publisher
 from unpacked.reference import parse
 from unpacked.registry import RegistryClient, RegistryOptions
@@ -175,6 +183,7 @@ def convert_in_process(
     options: BatchOptions | None = None,
     sleep: Callable[[float], bool] | None = None,
     stop: threading.Event | None = None,
+    on_event: EventCallback | None = None,
 ) -> BatchReport:
     with RegistryClient(FAST, transport=transport) as client:
         return convert_wishlist(
@@ -184,6 +193,7 @@ def convert_in_process(
             options=options or BatchOptions(),
             sleep=sleep if sleep is not None else Sleeps(),
             stop=stop,
+            on_event=on_event,
         )
 
 
@@ -461,6 +471,53 @@ def test_transient_failures_are_retried_with_growing_backoff(
     assert recorder.requests.count(head) == 3
     assert len(sleeps.delays) == 2
     assert not (tmp_path / "other" / parse(reference).public_name).exists()
+
+
+def _events_of(events: list[Event], reference: str) -> list[Event]:
+    """The events about one image, in the order they came."""
+    mine: list[Event] = []
+    for event in events:
+        if isinstance(event, ImageDone):
+            about = event.image.reference
+        elif isinstance(event, CycleDone):
+            continue
+        else:
+            about = event.reference
+        if str(about) == reference:
+            mine.append(event)
+    return mine
+
+
+def test_a_batch_reports_its_images_through_events(images: Images, tmp_path: Path) -> None:
+    """Each image: ImageStarted once (whatever its attempts), its layers' progress, then
+    ImageDone with its outcome; CycleDone with the report, last."""
+    a, b, missing = images.ref("batch/a:1"), images.ref("batch/b:1"), images.ref("batch/a:nope")
+    wishlist = write(tmp_path / "recipe.yaml", recipe(a, b, missing))
+    recorder = Recorder(fail_first(1, "HEAD", "/v2/batch/a/manifests/1"))
+    events: list[Event] = []
+    report = convert_in_process(
+        wishlist, tmp_path / "repo", transport=recorder, on_event=events.append
+    )
+    assert [image.outcome for image in report.images] == ["added", "added", "failed"]
+    assert report.images[0].attempts == 2
+    last = events[-1]
+    assert isinstance(last, CycleDone) and (last.report, last.error) == (report, None)
+    assert [e for e in events if isinstance(e, CycleDone)] == events[-1:]
+    for image in report.images:
+        mine = _events_of(events, str(image.reference))
+        assert mine[0] == ImageStarted(image.reference, image.platform)
+        assert mine[-1] == ImageDone(image)
+        progress = mine[1:-1]
+        assert all(isinstance(event, LayerProgress) for event in progress)
+        done = [e.digest for e in progress if isinstance(e, LayerProgress) and e.phase == "done"]
+        assert tuple(done) == (image.result.layers_unpacked if image.result else ())
+    assert len(_events_of(events, a)) > 2 and _events_of(events, missing)[1:-1] == []
+
+    events.clear()
+    report = convert_in_process(wishlist, tmp_path / "repo", on_event=events.append)
+    assert [image.outcome for image in report.images] == ["unchanged", "unchanged", "failed"]
+    assert not any(isinstance(event, LayerProgress) for event in events)
+    assert [type(e) for e in _events_of(events, b)] == [ImageStarted, ImageDone]
 
 
 def _refused_host() -> str:
