@@ -57,7 +57,14 @@ from support.tree import (
 )
 from support.umoci import UmociOracle
 from unpacked import cli
-from unpacked.convert import ConvertOptions, ConvertResult, LayerProgress, Outcome, convert_image
+from unpacked.convert import (
+    ConvertOptions,
+    ConvertResult,
+    LayerProgress,
+    Outcome,
+    convert_image,
+    writers_for,
+)
 from unpacked.convert import _blobs as convert_blobs
 from unpacked.convert import _job as convert_job
 from unpacked.digest import Digest
@@ -1275,6 +1282,22 @@ def test_skip_flat_and_layers_together_is_an_input_error(
             skip_flat=True,
             skip_layers=True,
         )
+
+
+@pytest.mark.parametrize(
+    ("options", "names"),
+    [
+        (ConvertOptions(), ["layers", "flat", "metadata"]),
+        (ConvertOptions(skip_flat=True), ["layers", "metadata"]),
+        (ConvertOptions(skip_layers=True), ["flat", "metadata"]),
+    ],
+)
+def test_the_options_choose_the_writers(options: ConvertOptions, names: list[str]) -> None:
+    """One place maps the user-facing flags to outputs; only layer directories need each
+    layer in a tree of its own."""
+    writers = writers_for(options)
+    assert [writer.name for writer in writers] == names
+    assert [writer.layer_trees for writer in writers] == [name == "layers" for name in names]
 
 
 def test_platform_selects_from_an_index(

@@ -330,7 +330,8 @@ class LayerStack:
         self._warnings.extend(f"{name}: {w}" for w in report.warnings)
 
     def _report(self, digest: Digest, phase: str, done: int, total: int) -> None:
-        emit(self._on_event, LayerProgress(self._context.reference, digest, phase, done, total))
+        if self._on_event is not None:  # once per downloaded chunk: nothing made for nobody
+            emit(self._on_event, LayerProgress(self._context.reference, digest, phase, done, total))
 
 
 def _size(items: Iterable[LayerPlan]) -> int:
