@@ -47,6 +47,8 @@ GATE = 30.0
 POLL = 0.05
 # If pytest dies without its teardown, the loop goes too (setpriv execs: same pid).
 DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
+# As under a service manager: stdout to a file is block-buffered unless the loop flushes.
+SERVICE_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
 
 
 @dataclass
@@ -102,6 +104,7 @@ def start_loop(tmp_path: Path) -> Iterator[Callable[[Path, Path], Loop]]:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
+                env=SERVICE_ENV,
             )
         started.append(Loop(process, stdout, stderr))
         return started[-1]
@@ -171,6 +174,9 @@ def test_loop_rereads_the_wishlist_and_stops_on_signal(
     loop = start_loop(wishlist, repo)
     loop.wait_until(lambda: published(repo, first), STARTUP, f"{first} published")
     assert not published(repo, second)
+    # each cycle's summary is on stdout as the cycle ends (flushed), not when the loop exits
+    summary = "1 images: 1 added, 0 updated, 0 unchanged, 0 failed\n"
+    loop.wait_until(lambda: summary in loop.stdout.read_text(), STARTUP, "first summary")
 
     write_wishlist(wishlist, first, second)  # the next cycle must see it
     loop.wait_until(lambda: published(repo, second), STARTUP, f"{second} published")
