@@ -10,6 +10,7 @@ test releases it.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -28,8 +29,10 @@ from registry.fakeserver import FakeRegistry, Reply, Seen
 from support.oci import OCI_MANIFEST, BuiltImage, TarEntry, build_image, tar_bytes
 from support.registry import RegistryServer
 from support.samples import push
-from unpacked.batch import BatchOptions
-from unpacked.events import CycleDone, Event
+from unpacked.batch import BatchOptions, BatchReport
+from unpacked.cli import _render as render
+from unpacked.cli._wishlist import _Summary
+from unpacked.events import CycleDone, Event, emit
 from unpacked.loop import Loop as LibraryLoop
 from unpacked.loop import stop_on_signals
 from unpacked.publish import open_publisher
@@ -417,3 +420,21 @@ def test_stop_on_signals_sets_the_event_and_restores_the_handlers() -> None:
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def test_a_reader_that_leaves_stops_the_loop_and_is_raised_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `unpacked loop … | head`: the summary consumer's BrokenPipeError must not be dropped by
+    # events.emit (the loop would go on writing to nobody); it ends the loop and reaches
+    # main_entry, which exits 141 as before the summary became a consumer.
+    def gone(_text: str) -> None:
+        raise BrokenPipeError
+
+    monkeypatch.setattr(render, "print_text", gone)
+    stop = threading.Event()
+    summary = _Summary(argparse.Namespace(json=False), stop)
+    emit(summary, CycleDone(BatchReport(images=()), started=time.time(), seconds=0.0))
+    assert stop.is_set()
+    with pytest.raises(BrokenPipeError):
+        summary.raise_failure()
