@@ -10,14 +10,18 @@ reads the files inside flat trees or ``layerfs`` (apart from the few Apptainer
 directories where a temporary file could be left), so it stays cheap on repositories
 of thousands of images.
 
-Locking. The read-only check takes the repository lock of the ``dir:`` backend (waiting
+Any publisher will do: the tree is read at ``publisher.root``, and what belongs to the
+backend rather than to the layout (its staging areas, its journal) is what
+``publisher.private_area()`` says.
+
+Locking. The read-only check takes the repository lock (``publisher.locked()``, waiting
 like a transaction would) without opening a transaction, for two reasons: the walk
 sees no commit half-way (``dir:`` publishes path by path, ``_base`` N1), and every
-staging area found under ``.unpacked/transactions`` is then certainly stale — no
-running transaction can own it. Opening a transaction instead would run the
-publisher's recovery, which changes the repository; a check must not. ``--repair`` does
-open one transaction: its recovery completes interrupted commits and deletes stale
-staging, and all other fixes are recorded in it.
+staging area found in the private area (``.unpacked/transactions`` for ``dir:``) is
+then certainly stale — no running transaction can own it. Opening a transaction instead
+would run the publisher's recovery, which changes the repository; a check must not.
+``--repair`` does open one transaction: its recovery completes interrupted commits and
+deletes stale staging, and all other fixes are recorded in it.
 
 What ``--repair`` fixes, without the registry: origin.json sets (recomputed from the
 manifests), missing catalog markers, absolute links that lead to a flat tree (made

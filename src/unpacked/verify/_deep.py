@@ -43,7 +43,6 @@ from unpacked.manifest import Manifest
 from unpacked.publish import Publisher
 from unpacked.records import ImageStatus, parse_layer_records
 from unpacked.verify._model import Snapshot
-from unpacked.verify._report import locked_repository
 from unpacked.verify._scan import scan
 
 logger = logging.getLogger(__name__)
@@ -347,8 +346,8 @@ def check_content(root: Path, snapshot: Snapshot, spec: str = "") -> DeepReport:
 
 def verify_content(publisher: Publisher, *, lock_timeout: float = 600.0) -> DeepReport:
     """``verify --deep``: hold the repository lock (no conversion changes it meanwhile)."""
-    with locked_repository(publisher, lock_timeout):
-        report = check_content(publisher.root, scan(publisher.root, private=False), publisher.spec)
+    with publisher.locked(lock_timeout=lock_timeout):
+        report = check_content(publisher.root, scan(publisher.root), publisher.spec)
     logger.info(
         "%s: %d layer(s) and %d flat tree(s) checked, %d problem(s)",
         publisher.spec,
@@ -398,7 +397,7 @@ def repair_content(
     names is left to garbage collection.
     """
     before = verify_content(publisher, lock_timeout=lock_timeout)
-    snapshot = scan(publisher.root, private=False)
+    snapshot = scan(publisher.root)
     flats, todo = _plan(before, snapshot)
     failed = [(name, reason) for name, reason in todo if isinstance(reason, str)]
     failed += _unreachable(reconverter, [s for _, s in todo if isinstance(s, ImageStatus)])

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
-from unpacked.errors import ConfigError, PublishError
+from unpacked.errors import PublishError
 from unpacked.publish import Publisher
-from unpacked.publish._dir import DirPublisher
 from unpacked.verify._checks import check
 from unpacked.verify._model import Change, Finding, Kind, Remedy, Snapshot, VerifyOptions
 from unpacked.verify._repair import apply, plan_repair
@@ -56,16 +54,9 @@ def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def locked_repository(publisher: Publisher, timeout: float) -> AbstractContextManager[None]:
-    """Hold the repository lock without opening a transaction (so without recovery)."""
-    if not isinstance(publisher, DirPublisher):
-        raise ConfigError(f"{publisher.spec}: verify supports dir: repositories only")
-    return publisher.locked(lock_timeout=timeout)
-
-
 def _scan(publisher: Publisher, *, private: bool) -> Snapshot:
     try:
-        return scan(publisher.root, private=private)
+        return scan(publisher.root, private=publisher.private_area() if private else None)
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         raise PublishError(f"{publisher.spec}: cannot read{where}: {exc.strerror or exc}") from exc
@@ -78,7 +69,8 @@ def verify_repository(
     lock_timeout: float = 600.0,
 ) -> VerifyReport:
     """Check the repository; changes nothing."""
-    with locked_repository(publisher, lock_timeout):
+    # Held without a transaction, so without the recovery that would change the repository.
+    with publisher.locked(lock_timeout=lock_timeout):
         snapshot = _scan(publisher, private=True)
     report = VerifyReport(publisher.spec, check(snapshot, options))
     logger.info("%s: %d finding(s)", publisher.spec, len(report.findings))

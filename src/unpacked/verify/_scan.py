@@ -12,8 +12,7 @@ from unpacked import layout
 from unpacked.digest import Digest
 from unpacked.errors import UnpackedError
 from unpacked.manifest import Manifest, parse_manifest
-from unpacked.publish._dir import PRIVATE_DIR
-from unpacked.publish._journal import JOURNAL_NAME
+from unpacked.publish import PrivateArea
 from unpacked.records import (
     ImageStatus,
     RemovalSchedule,
@@ -30,15 +29,17 @@ from unpacked.verify._model import (
     Snapshot,
 )
 
-_TRANSACTIONS = PurePosixPath(PRIVATE_DIR) / "transactions"
 # What apptainer._sandbox names a file while replacing it; only ever in staging, so one
 # in a published flat tree is a leftover.
 _TEMP_SUFFIX = ".unpacked-new"
 _APPTAINER_DIRS = (".singularity.d", ".singularity.d/env", ".singularity.d/actions")
 
 
-def scan(root: Path, *, private: bool = True) -> Snapshot:
-    """Walk the repository at ``root`` (never following a link); ``private``: the staging too."""
+def scan(root: Path, *, private: PrivateArea | None = None) -> Snapshot:
+    """Walk the repository at ``root`` (never following a link).
+
+    ``private``: the publisher's private area, whose staging is listed too.
+    """
     flat_parents, flat_ids = _fanout(root, layout.FLAT)
     layer_parents, layer_hexes = _fanout(root, layout.LAYERS)
     layers = tuple(_layer_entry(root, hexdigest) for hexdigest in layer_hexes)
@@ -50,7 +51,7 @@ def scan(root: Path, *, private: bool = True) -> Snapshot:
         schedule=_schedule(root),
         catalog_dirs=_catalog_dirs(root, flat_parents, flat_ids, layer_parents, layers),
         temp_files=tuple(path for c in flat_ids for path in _temp_files(root, c)),
-        areas=tuple(_areas(root)) if private else (),
+        areas=tuple(_areas(root, private)) if private is not None else (),
     )
 
 
@@ -255,7 +256,7 @@ def _temp_files(root: Path, hexdigest: str) -> Iterator[PurePosixPath]:
                 yield flat / directory / entry.name
 
 
-def _areas(root: Path) -> Iterator[AreaEntry]:
-    for entry in _entries(root / _TRANSACTIONS):
-        committing = os.path.lexists(Path(entry.path) / JOURNAL_NAME)
-        yield AreaEntry(_TRANSACTIONS / entry.name, committing)
+def _areas(root: Path, private: PrivateArea) -> Iterator[AreaEntry]:
+    for entry in _entries(root / private.staging):
+        committing = os.path.lexists(Path(entry.path) / private.journal)
+        yield AreaEntry(private.staging / entry.name, committing)
