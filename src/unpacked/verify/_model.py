@@ -160,7 +160,7 @@ class LayerEntry:
 
 @dataclass(frozen=True)
 class AreaEntry:
-    """A transaction area of the ``dir:`` backend; ``committing``: it holds a journal."""
+    """A staging area of the publisher (``PrivateArea``); ``committing``: it holds a journal."""
 
     path: PurePosixPath
     committing: bool
