@@ -18,6 +18,9 @@ LAYERS = PurePosixPath(".layers")
 METADATA = PurePosixPath(".metadata")
 MULTIARCH = PurePosixPath(".multiarch")
 PODMAN_STORE = PurePosixPath("podmanStore")
+PRIVATE_DIR = PurePosixPath(".unpacked")
+"""Reserved for the publisher's own files (the ``dir:`` backend's lock and staging):
+never published, skipped by readers."""
 CATALOG_MARKER = ".cvmfscatalog"
 REMOVE_SCHEDULE = METADATA / "remove-schedule.json"
 CONTENT_INDEX = "content.gz"

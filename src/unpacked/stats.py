@@ -13,8 +13,6 @@ from pathlib import Path, PurePosixPath
 
 from unpacked import layout
 
-_PRIVATE = ".unpacked"
-
 
 @dataclass(frozen=True)
 class CatalogSize:
@@ -99,7 +97,7 @@ def _scan(root: Path, walk: _Walk) -> None:
             catalog = relative
             walk.catalog_entries.setdefault(catalog, 0)
         for entry in os.scandir(directory):
-            if not relative and entry.name == _PRIVATE:
+            if not relative and entry.name == str(layout.PRIVATE_DIR):
                 continue
             _count(entry, relative, catalog, walk)
             if entry.is_dir(follow_symlinks=False):
