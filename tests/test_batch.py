@@ -42,6 +42,7 @@ from unpacked.events import (
     ImageStarted,
     LayerProgress,
 )
+from unpacked.loop import convert_once
 from unpacked.publish import open_publisher
 from unpacked.reference import parse
 from unpacked.registry import RegistryClient, RegistryOptions
@@ -490,14 +491,21 @@ def _events_of(events: list[Event], reference: str) -> list[Event]:
 
 def test_a_batch_reports_its_images_through_events(images: Images, tmp_path: Path) -> None:
     """Each image: ImageStarted once (whatever its attempts), its layers' progress, then
-    ImageDone with its outcome; CycleDone with the report, last."""
+    ImageDone with its outcome; CycleDone with the report, last (from the cycle's owner,
+    ``convert_once``; ``convert_wishlist`` alone sends none)."""
     a, b, missing = images.ref("batch/a:1"), images.ref("batch/b:1"), images.ref("batch/a:nope")
     wishlist = write(tmp_path / "recipe.yaml", recipe(a, b, missing))
     recorder = Recorder(fail_first(1, "HEAD", "/v2/batch/a/manifests/1"))
     events: list[Event] = []
-    report = convert_in_process(
-        wishlist, tmp_path / "repo", transport=recorder, on_event=events.append
-    )
+    with RegistryClient(FAST, transport=recorder) as client:
+        report = convert_once(
+            load(wishlist),
+            client=client,
+            publisher=open_publisher(f"dir:{tmp_path / 'repo'}"),
+            options=BatchOptions(backoff=0.01),
+            stop=threading.Event(),
+            on_event=events.append,
+        )
     assert [image.outcome for image in report.images] == ["added", "added", "failed"]
     assert report.images[0].attempts == 2
     last = events[-1]
@@ -518,6 +526,7 @@ def test_a_batch_reports_its_images_through_events(images: Images, tmp_path: Pat
     assert [image.outcome for image in report.images] == ["unchanged", "unchanged", "failed"]
     assert not any(isinstance(event, LayerProgress) for event in events)
     assert [type(e) for e in _events_of(events, b)] == [ImageStarted, ImageDone]
+    assert not any(isinstance(event, CycleDone) for event in events)
 
 
 def _refused_host() -> str:

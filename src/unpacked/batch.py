@@ -12,7 +12,8 @@ connected to, its images not yet started fail untried. A stop request
 
 What happens is reported through one callback (``unpacked.events``): each image's
 ``ImageStarted`` (once, whatever its attempts), its layers' ``LayerProgress``, its
-``ImageDone``; ``CycleDone`` with the report at the end.
+``ImageDone``. ``CycleDone`` belongs to the caller that knows the cycle (``unpacked.loop``:
+it also covers reading the wish list and opening the repository).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import functools
 import logging
 import random
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -38,7 +38,6 @@ from unpacked.convert import (
     utc_now,
 )
 from unpacked.events import (
-    CycleDone,
     Event,
     EventCallback,
     ImageDone,
@@ -185,7 +184,6 @@ def convert_wishlist(
     on_event: EventCallback | None = None,
 ) -> BatchReport:
     """Convert every image of ``wishlist``; failures are collected, not raised."""
-    started, clock = time.time(), time.monotonic()
     stop = stop or threading.Event()
     wait = sleep if sleep is not None else stop.wait  # True when stopping: backoff ends early
     jobs, failures = plan_jobs(wishlist.wishes, client)
@@ -198,9 +196,7 @@ def convert_wishlist(
         batches = list(pool.map(runner.run_all, by_registry.values()))
     outcomes = tuple(outcome for batch in batches for outcome in batch)
     _record_checks(publisher, outcomes, options)
-    report = BatchReport(outcomes, tuple(failures), stopped=stop.is_set())
-    emit(on_event, CycleDone(report, started, time.monotonic() - clock))
-    return report
+    return BatchReport(outcomes, tuple(failures), stopped=stop.is_set())
 
 
 def _record_checks(

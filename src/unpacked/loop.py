@@ -87,6 +87,7 @@ class Loop:
                 publisher=self._open_publisher(wishlist),
                 options=self._options,
                 stop=self._stop,
+                on_event=self._on_event,
             )
         except errors.UnpackedError as exc:
             logger.error("cycle failed: %s", exc)
@@ -110,7 +111,7 @@ def convert_once(
     ``CycleDone``; unlike a cycle of the loop, an error is raised to the caller."""
     started, clock = time.time(), time.monotonic()
     report = convert_wishlist(
-        wishlist, client=client, publisher=publisher, options=options, stop=stop
+        wishlist, client=client, publisher=publisher, options=options, stop=stop, on_event=on_event
     )
     emit(on_event, CycleDone(report, started, time.monotonic() - clock))
     return report
