@@ -12,6 +12,10 @@
         ─▶ origin.json / layers.json of every layer, manifest.json, status.json
         ─▶ public link swapped last
 
+Inside the transaction, each output is a writer (``_writers``: layer directories, flat tree,
+metadata and links; ``writers_for`` picks them from the options) around the layer
+scheduling (``_job.LayerStack``), which yields one immutable result per layer.
+
 Anything that fails inside the transaction leaves the repository as it was.
 """
 
