@@ -17,6 +17,7 @@ from unpacked.records import (
     ImageStatus,
     LayerRecord,
     RemovalSchedule,
+    Whiteouts,
     merge_layer_records,
     origin_json,
     parse_layer_records,
@@ -102,7 +103,7 @@ def write_layer_records(
                 str(digest),
                 str(item.diff_id),
                 item.diff_size,
-                item.whiteouts,
+                Whiteouts(item.whiteouts),
             )
         )
     image_id = str(image.image_id)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
-from unpacked import layout
+from unpacked import layout, repository
 from unpacked.digest import Digest
 from unpacked.layers import SizeLimit
 from unpacked.platform import DEFAULT, Platform
@@ -125,4 +124,4 @@ class ConvertResult:
 
 def utc_now() -> str:
     """The current time as status.json writes it (UTC, seconds)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return repository.utc_now()

@@ -40,7 +40,6 @@ from __future__ import annotations
 from unpacked.gc._plan import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_GRACE,
-    ORPHAN,
     Batch,
     ImageRemoval,
     OriginUpdate,
@@ -48,7 +47,6 @@ from unpacked.gc._plan import (
     plan_collection,
 )
 from unpacked.gc._state import (
-    PublishedImage,
     References,
     RepositoryState,
     read_references,
@@ -66,6 +64,7 @@ from unpacked.gc._unlink import (
     plan_unlink,
     prune,
 )
+from unpacked.repository import ORPHAN, PublishedImage
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
