@@ -21,6 +21,7 @@ from unpacked.errors import PublishError
 from unpacked.gc import read_references, read_state
 from unpacked.records import ImageStatus, LayerRecord, Whiteouts, read_layer_records
 from unpacked.reference import parse
+from unpacked.stats import repository_stats
 from unpacked.verify import Broken, scan
 
 P = PurePosixPath
@@ -250,6 +251,13 @@ def test_gc_verify_and_the_view_agree_on_the_fanouts(odd_repository: Path) -> No
     assert set(state.layers) == {layer.digest for layer in snapshot.layers} == {f"sha256:{LAYER}"}
     assert repository.fanout(root, layout.FLAT).parents == ("aa", "bb", "zz")
     assert state.references.live_layers == {f"sha256:{LAYER}"}
+
+
+def test_stats_counts_what_the_view_lists(odd_repository: Path) -> None:
+    stats = repository_stats(odd_repository)
+    assert stats.images == sum(link.public for link in repository.links(odd_repository)) == 2
+    assert stats.flat_trees == len(repository.fanout(odd_repository, layout.FLAT).digests) == 2
+    assert stats.layers == 1
 
 
 def test_strict_and_tolerant_status_reading(odd_repository: Path) -> None:
