@@ -398,3 +398,25 @@ def run_in_workdir(
     report(summary)
     write_results(summary, Path(args.out), name)
     return 0
+
+
+CLI_ENTRY = "import sys; from unpacked.cli import main; sys.exit(main())"
+"""``python -c CLI_ENTRY ...`` runs the command line of whichever ``src/`` is on PYTHONPATH."""
+
+
+def export_src(revision: str, where: Path) -> Path:
+    """``src/`` of git ``revision`` under ``where`` (no worktree registered), compiled to
+    bytecode as :func:`compile_bytecode` compiles this tree, so neither side compiles at
+    every start; returns the exported ``src``."""
+    where.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", revision, "src"],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    )
+    if archive.returncode != 0:
+        raise BenchError(f"git archive {revision}: {archive.stderr.decode(errors='replace')}")
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive.stdout, check=True, timeout=120)
+    compileall.compile_dir(str(where / "src"), quiet=1)
+    return where / "src"

@@ -21,6 +21,7 @@ In one run, against a real docker-registry on 127.0.0.1 (images generated like
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -30,16 +31,18 @@ import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from _common import (
+    CLI_ENTRY,
     BenchError,
     Result,
     Sample,
     add_image_arguments,
     compile_bytecode,
     dentry_hash_size,
+    export_src,
     mib,
     quiet,
     round_robin,
@@ -56,11 +59,18 @@ from support.oci import BuiltImage, build_image
 from support.registry import skopeo_copy, start_registry
 
 UNPACKED = str(Path(sys.executable).with_name("unpacked"))
+THIS_SRC = Path(__file__).resolve().parent.parent / "src"
 WORKER = str(Path(__file__).resolve().parent / "_unpack_worker.py")
 
 
-def _convert(remote: str, repo: Path, *options: str) -> Sample:
-    command = [UNPACKED, "-q", "convert-single-image", remote, "--repo", f"dir:{repo}", "--json"]
+def _convert(remote: str, repo: Path, *options: str, src: Path | None = None) -> Sample:
+    """The command line's conversion; with ``src``, of that tree (``--baseline``), started
+    the same way as this tree's for the rows compared with it."""
+    if src is None:
+        launcher = [UNPACKED]
+    else:
+        launcher = ["env", f"PYTHONPATH={src}", sys.executable, "-c", CLI_ENTRY]
+    command = [*launcher, "-q", "convert-single-image", remote, "--repo", f"dir:{repo}", "--json"]
     return run_measured([[*command, *options]])
 
 
@@ -84,10 +94,13 @@ def _repo_bytes(repo: Path) -> int:
 
 
 class Bench:
-    def __init__(self, workdir: Path, setup_a: Setup, remote_b: str) -> None:
+    def __init__(
+        self, workdir: Path, setup_a: Setup, remote_b: str, baseline: Path | None = None
+    ) -> None:
         self.workdir = workdir
         self.setup_a = setup_a
         self.remote_b = remote_b
+        self.baseline = baseline
         self.incremental: Path | None = None
 
     def fresh(self, name: str) -> Path:
@@ -120,6 +133,32 @@ class Bench:
     def noop_a(self) -> Sample:
         return _convert(self.setup_a.remote, self.workdir / "repo-noop")
 
+    # --baseline: the same conversions by both trees, both started with ``python -c``.
+
+    def cold_a_of(self, src: Path) -> Sample:
+        return _convert(self.setup_a.remote, self.fresh("repo-cold-src"), src=src)
+
+    def b_after_a_of(self, src: Path) -> Sample:
+        repo = self.fresh("repo-incremental-src")
+        _convert(self.setup_a.remote, repo, src=src)
+        settle(forget_dentries=False)
+        return _convert(self.remote_b, repo, src=src)
+
+    def noop_a_of(self, src: Path) -> Sample:
+        return _convert(self.setup_a.remote, self.workdir / "repo-noop", src=src)
+
+    def comparisons(self) -> list[tuple[str, Callable[[], Sample]]]:
+        if self.baseline is None:
+            return []
+        pairs = []
+        for label, src in (("before", self.baseline), ("after", THIS_SRC)):
+            pairs += [
+                (f"{label}: convert A (cold)", functools.partial(self.cold_a_of, src)),
+                (f"{label}: convert B after A", functools.partial(self.b_after_a_of, src)),
+                (f"{label}: no-op re-run of A", functools.partial(self.noop_a_of, src)),
+            ]
+        return pairs
+
 
 def _measure(bench: Bench, repeat: int) -> dict[str, Result]:
     return round_robin(
@@ -130,6 +169,7 @@ def _measure(bench: Bench, repeat: int) -> dict[str, Result]:
             ("convert B after A", bench.b_after_a),
             ("unpack only B's top layer", bench.top_layer_only),
             ("no-op re-run of A", bench.noop_a),
+            *bench.comparisons(),
         ],
         repeat,
     )
@@ -152,20 +192,20 @@ def run(args: argparse.Namespace) -> dict[str, object]:
         with start_registry(workdir / "storage", workdir=workdir / "registry") as registry:
             for image in (image_a, image_b):
                 skopeo_copy(image.oci_ref, f"docker://{registry.host}/{REPOSITORY}:{image.tag}")
+            baseline = export_src(args.baseline, workdir / "baseline") if args.baseline else None
             bench = Bench(
-                workdir, Setup(workdir, registry, image_a), f"{registry.host}/{REPOSITORY}:b"
+                workdir,
+                Setup(workdir, registry, image_a),
+                f"{registry.host}/{REPOSITORY}:b",
+                baseline,
             )
             bench.convert_a_for_noop()
             quiet(workdir, args.quiet_seconds)
             with throttled_loopback(args.registry_mbit):
                 measured = _measure(bench, args.repeat)
-            results = dict(
-                zip(
-                    ("cold", "cold-1", "umoci", "incremental", "top", "noop"),
-                    measured.values(),
-                    strict=True,
-                )
-            )
+            keys = ["cold", "cold-1", "umoci", "incremental", "top", "noop"]
+            keys += [name for name, _ in bench.comparisons()]
+            results = dict(zip(keys, measured.values(), strict=True))
             assert bench.incremental is not None
             repo_bytes = _repo_bytes(bench.incremental)
         return _report(results, repo_bytes, _content_bytes(unique_layers), args)
@@ -203,6 +243,10 @@ def _report(
         / cpus
         / results["top"].seconds,
     }
+    for label in ("convert A (cold)", "convert B after A", "no-op re-run of A"):
+        before, after = results.get(f"before: {label}"), results.get(f"after: {label}")
+        if before is not None and after is not None:
+            ratios[f"after / before ({args.baseline}): {label}"] = after.seconds / before.seconds
     print()
     for name, value in ratios.items():
         print(f"{name}: {value:.2f}")
@@ -235,6 +279,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="limit loopback to this many Mbit/s while measuring, as a registry a network "
         "away would be (root; tc qdisc on lo)",
+    )
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="git revision whose src/ also converts A (cold), B after A and the no-op, "
+        "interleaved with this tree's, for before/after ratios",
     )
     return parser.parse_args(argv)
 

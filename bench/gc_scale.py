@@ -23,19 +23,17 @@ grace: every deleted image has expired), and reports ms per removed image.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from _common import REPO, BenchError, run_in_workdir, settle, table
+from _common import REPO, BenchError, export_src, run_in_workdir, settle, table
 
 from support.oci import TarEntry, build_image, tar_bytes
 from support.registry import skopeo_copy, start_registry
@@ -144,17 +142,6 @@ def _link_tree(source: Path, target: Path) -> None:
     shutil.copytree(source, target, symlinks=True, copy_function=os.link)
 
 
-def _export(revision: str, where: Path) -> Path:
-    """``src/`` of ``revision``, for the baseline's child processes."""
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", revision, "src"], capture_output=True, check=True
-    ).stdout
-    where.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(where, filter="data")
-    return where / "src"
-
-
 def _run(src: Path, root: Path, *, settled: bool) -> dict[str, Any]:
     if settled:
         settle(forget_dentries=True)
@@ -178,7 +165,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     template, reference = _template(workdir)
     synth = Synthesizer(template, reference)
     contenders = [("after", REPO / "src")]
-    baseline = _export(args.baseline, workdir / "baseline") if args.baseline else None
+    baseline = export_src(args.baseline, workdir / "baseline") if args.baseline else None
     results: dict[str, dict[str, Any]] = {}
     for size in args.sizes:
         runs = (

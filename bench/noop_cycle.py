@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from _common import REPO, BenchError, run_in_workdir, table
+from _common import CLI_ENTRY, REPO, BenchError, export_src, run_in_workdir, table
 
 from support.oci import TarEntry, build_image, tar_bytes
 from support.proxy import CountingProxy
@@ -44,7 +44,7 @@ from support.samples import push, put_manifest
 REPOSITORY = "bench/cycle"
 TARGET_SECONDS_PER_3000 = 60.0
 CLI_TIMEOUT = 3600.0
-ENTRY = "import sys; from unpacked.cli import main; sys.exit(main())"
+ENTRY = CLI_ENTRY
 
 
 @dataclass(frozen=True)
@@ -72,21 +72,8 @@ def _tag_images(registry: RegistryServer, workdir: Path, count: int) -> list[str
 
 
 def _baseline(revision: str, workdir: Path) -> Code:
-    """The baseline's ``src/``, exported from git (no worktree is registered)."""
-    target = workdir / "baseline"
-    target.mkdir()
-    archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", revision, "src"],
-        capture_output=True,
-        check=False,
-        timeout=120,
-    )
-    if archive.returncode != 0:
-        raise BenchError(f"git archive {revision}: {archive.stderr.decode(errors='replace')}")
-    subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
-    # As compile_bytecode() does for this tree: neither side compiles at every start.
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(target / "src")], check=True)
-    return Code(f"baseline ({revision})", target / "src")
+    """The baseline's ``src/``, exported from git."""
+    return Code(f"baseline ({revision})", export_src(revision, workdir / "baseline"))
 
 
 def _cycle(code: Code, wishlist: Path, repo: Path, proxy: CountingProxy, count: int) -> Run:

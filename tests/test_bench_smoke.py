@@ -59,8 +59,25 @@ def test_unpack_benchmark(tmp_path: Path) -> None:
 
 @needs_bench_tools
 def test_convert_benchmark(tmp_path: Path) -> None:
-    summary, _ = run_benchmark("convert_image", tmp_path, *TINY)
-    assert set(summary["results"]) == {"cold", "cold-1", "umoci", "incremental", "top", "noop"}
+    summary, _ = run_benchmark("convert_image", tmp_path, *TINY, "--baseline", "HEAD")
+    compared = {
+        f"{side}: {label}"
+        for side in ("before", "after")
+        for label in ("convert A (cold)", "convert B after A", "no-op re-run of A")
+    }
+    assert set(summary["results"]) == {
+        "cold",
+        "cold-1",
+        "umoci",
+        "incremental",
+        "top",
+        "noop",
+        *compared,
+    }
+    assert {name for name in summary["ratios"] if name.startswith("after / before")} == {
+        f"after / before (HEAD): {label}"
+        for label in ("convert A (cold)", "convert B after A", "no-op re-run of A")
+    }
     assert all(r["median_seconds"] > 0 for r in summary["results"].values())
     # Each layer's content is stored once: the flat trees are hard links.
     assert 0.9 < summary["repository_bytes"] / summary["unique_content_bytes"] < 1.1

@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -30,7 +31,7 @@ from unpacked.cli import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_PUBLISH, main
 from unpacked.convert import convert_image
 from unpacked.digest import Digest
 from unpacked.errors import RepositoryLockedError
-from unpacked.publish import open_publisher
+from unpacked.publish import PrivateArea, Publisher, Transaction, open_publisher
 from unpacked.records import RemovalSchedule, origin_json, parse_origin
 from unpacked.reference import parse
 from unpacked.registry import RegistryClient, RegistryOptions
@@ -561,3 +562,55 @@ def test_interrupted_commit_is_completed_by_repair(repo: Repo) -> None:
     assert repaired.changes == ()
     assert repaired.after.clean
     assert (repo.root / marker).is_file()
+
+
+# --- through the publisher interface ---------------------------------------------------
+
+
+class _Wrapped(Publisher):
+    """Not a ``DirPublisher``: what verify may know of the backend is the interface."""
+
+    def __init__(self, inner: Publisher, private: PrivateArea | None) -> None:
+        self._inner = inner
+        self._private = private
+        self.spec = inner.spec
+        self.root = inner.root
+
+    def transaction(
+        self, *, lease: PurePosixPath | None = None, lock_timeout: float = 600.0
+    ) -> AbstractContextManager[Transaction]:
+        return self._inner.transaction(lease=lease, lock_timeout=lock_timeout)
+
+    def locked(self, *, lock_timeout: float = 600.0) -> AbstractContextManager[None]:
+        return self._inner.locked(lock_timeout=lock_timeout)
+
+    def private_area(self) -> PrivateArea | None:
+        return self._private
+
+
+def test_verify_and_repair_work_through_any_publisher(repo: Repo) -> None:
+    expected = _stray_transaction(repo)
+    inner = open_publisher(repo.spec)
+    report = verify_repository(_Wrapped(inner, inner.private_area()), lock_timeout=10)
+    assert {(f.kind, str(f.path)) for f in report.findings} == expected
+    # The staging verify reports is where the publisher says its private area is.
+    elsewhere = PrivateArea(PurePosixPath(".other"), PurePosixPath(".other/staging"), "j")
+    assert verify_repository(_Wrapped(inner, elsewhere), lock_timeout=10).clean
+
+    repaired = repair_repository(_Wrapped(inner, inner.private_area()), lock_timeout=10)
+    assert repaired.recovered == tuple(PurePosixPath(path) for _, path in expected)
+    assert repaired.after.clean
+
+
+def test_the_dir_backend_stages_in_the_layout_private_dir(tmp_path: Path) -> None:
+    publisher = open_publisher(f"dir:{tmp_path}")
+    area = publisher.private_area()
+    assert area is not None
+    assert area.directory == layout.PRIVATE_DIR
+    assert area.staging.parent == area.directory
+    with publisher.transaction(lock_timeout=10) as tx:
+        tx.write_file(PurePosixPath("f"), b"x")
+        staged = list((tmp_path / area.staging).iterdir())
+        assert len(staged) == 1
+        assert not (staged[0] / area.journal).exists()
+    assert not list((tmp_path / area.staging).iterdir())

@@ -33,7 +33,7 @@ from unpacked.convert import (
     utc_now,
 )
 from unpacked.platform import DEFAULT, Platform
-from unpacked.publish import Publisher, Transaction
+from unpacked.publish import PrivateArea, Publisher, Transaction
 from unpacked.reference import Reference
 from unpacked.registry import RegistryClient
 from unpacked.wishlist import Wish, WishList
@@ -332,6 +332,9 @@ class _OneAtATime(Publisher):
     def locked(self, *, lock_timeout: float = 600.0) -> Iterator[None]:
         with self._turn, self._publisher.locked(lock_timeout=lock_timeout):
             yield
+
+    def private_area(self) -> PrivateArea | None:
+        return self._publisher.private_area()
 
 
 def _options_for(job: Job, base: ConvertOptions) -> ConvertOptions:

@@ -34,7 +34,7 @@ from json.encoder import encode_basestring_ascii
 from pathlib import Path
 from typing import NamedTuple
 
-from unpacked.layers._fs import OPAQUE_XATTR
+from unpacked.layers import OPAQUE_XATTR
 from unpacked.layout import CATALOG_MARKER
 
 ROOT = "."

@@ -20,9 +20,10 @@ MULTIARCH = PurePosixPath(".multiarch")
 PODMAN_STORE = PurePosixPath("podmanStore")
 PODMAN_SUBDIRS = ("overlay", "overlay-images", "overlay-layers")
 """The containers/storage directories of ``podmanStore`` (each a catalog of its own)."""
+PRIVATE_DIR = PurePosixPath(".unpacked")
+"""Reserved for the publisher's own files (the ``dir:`` backend's lock and staging):
+never published, skipped by readers."""
 CATALOG_MARKER = ".cvmfscatalog"
-PRIVATE_DIR = ".unpacked"
-"""The publisher's own directory at the root (lock, staging); not part of the published tree."""
 REMOVE_SCHEDULE = METADATA / "remove-schedule.json"
 
 # Names inside an image's metadata directory.

@@ -84,7 +84,7 @@ def _scan(root: Path, walk: _Walk) -> None:
             catalog = relative
             walk.catalog_entries.setdefault(catalog, 0)
         for entry in os.scandir(directory):
-            if not relative and entry.name == layout.PRIVATE_DIR:
+            if not relative and entry.name == str(layout.PRIVATE_DIR):
                 continue
             _count(entry, relative, catalog, walk)
             if entry.is_dir(follow_symlinks=False):

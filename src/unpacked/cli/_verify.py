@@ -17,14 +17,12 @@ findings before it), ``"repairs"`` (the changes made, one line each) and
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 
 from unpacked.cli import EXIT_FAILURE, EXIT_OK
 from unpacked.cli import _render as render
 from unpacked.cli import _verify_deep as deep
 from unpacked.cli._context import publisher_for
-from unpacked.errors import ConfigError
 from unpacked.publish import Publisher
 from unpacked.verify import (
     Finding,
@@ -38,11 +36,8 @@ from unpacked.verify import (
 
 
 def verify(args: argparse.Namespace) -> int:
-    backend, _, location = args.repo.partition(":")
-    if backend == "dir" and location and not os.path.isdir(location):
-        # Opening a dir: publisher creates a missing directory, which would verify clean.
-        raise ConfigError(f"{args.repo}: no such repository directory")
-    publisher = publisher_for(args.repo)
+    # Not created when missing: an empty repository would verify clean.
+    publisher = publisher_for(args.repo, create=False)
     options = VerifyOptions(skip_layers=args.skip_layers)
     command = _Reconvert(publisher.spec, args.skip_layers)
     if args.deep:

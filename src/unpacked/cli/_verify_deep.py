@@ -21,7 +21,7 @@ from unpacked.publish import Publisher
 from unpacked.records import ImageStatus
 from unpacked.reference import parse as parse_reference
 from unpacked.registry import RegistryClient
-from unpacked.verify_deep import (
+from unpacked.verify import (
     DeepRepair,
     DeepReport,
     repair_content,

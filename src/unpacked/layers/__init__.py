@@ -48,6 +48,7 @@ Decisions that differ between tools, made here:
 
 from unpacked.layers._apply import apply_layer, unpack_flat, unpack_layer
 from unpacked.layers._compression import open_layer
+from unpacked.layers._fs import OPAQUE_XATTR
 from unpacked.layers._growing import GrowingBlob, abandon, discard, is_abandoned
 from unpacked.layers._limit import SizeLimit
 from unpacked.layers._lower import complete_layer
@@ -56,6 +57,7 @@ from unpacked.layers._pool import SpareWorkers, UnpackPool, available_cpus
 from unpacked.layers._report import ApplyReport, PendingLower, Target
 
 __all__ = [
+    "OPAQUE_XATTR",
     "ApplyReport",
     "GrowingBlob",
     "LayerTree",

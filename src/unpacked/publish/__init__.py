@@ -13,8 +13,9 @@ from collections.abc import Callable
 from unpacked.errors import ConfigError
 from unpacked.publish._base import Publisher, Transaction
 from unpacked.publish._dir import DirPublisher
+from unpacked.publish._private import PrivateArea
 
-__all__ = ["BACKENDS", "Publisher", "Transaction", "open_publisher"]
+__all__ = ["BACKENDS", "PrivateArea", "Publisher", "Transaction", "open_publisher"]
 
 _OPENERS: dict[str, Callable[[str, bool], Publisher]] = {
     "dir": DirPublisher.open,

@@ -75,6 +75,8 @@ import abc
 from contextlib import AbstractContextManager
 from pathlib import Path, PurePosixPath
 
+from unpacked.publish._private import PrivateArea
+
 
 class Transaction(abc.ABC):
     """Changes to one repository, published together when the transaction's scope ends.
@@ -169,6 +171,13 @@ class Publisher(abc.ABC):
 
         For readers that must not see a commit half-way (``verify``). Waits like
         ``transaction()`` (P6).
+        """
+
+    @abc.abstractmethod
+    def private_area(self) -> PrivateArea | None:
+        """The part of ``root`` the backend keeps for itself (None: it keeps nothing there).
+
+        For readers that report what is not published (``verify`` lists stale staging).
         """
 
     def __repr__(self) -> str:

@@ -27,12 +27,14 @@ from unpacked.publish._base import Publisher, Transaction
 from unpacked.publish._changes import Change, Changes, NewDir, NewFile, NewLink, Removal, plan
 from unpacked.publish._flusher import Flusher
 from unpacked.publish._fs import DIR_MODE, is_real_dir, lexists
-from unpacked.publish._journal import Area
+from unpacked.publish._journal import JOURNAL_NAME, Area
 from unpacked.publish._lock import repository_lock
+from unpacked.publish._private import PrivateArea
 
 logger = logging.getLogger(__name__)
 
 PRIVATE_DIR = ".unpacked"
+_TRANSACTIONS = "transactions"
 FILE_MODE = 0o644
 _PRIVATE_MODE = 0o700
 
@@ -322,6 +324,10 @@ class DirPublisher(Publisher):
         with repository_lock(self._private / "lock", self.spec, lock_timeout):
             yield
 
+    def private_area(self) -> PrivateArea:
+        private = PurePosixPath(PRIVATE_DIR)
+        return PrivateArea(private, private / _TRANSACTIONS, JOURNAL_NAME)
+
     def _checked_lease(self, lease: PurePosixPath | None) -> PurePosixPath | None:
         if lease is None:
             return None
@@ -332,7 +338,7 @@ class DirPublisher(Publisher):
         return lease
 
     def _private_dirs(self) -> Path:
-        transactions = self._private / "transactions"
+        transactions = self._private / _TRANSACTIONS
         try:
             for directory in (self._private, transactions):
                 with contextlib.suppress(FileExistsError):

@@ -9,7 +9,7 @@ the image's layer order, the way overlayfs and ``layers.merge_layers`` read the 
 indexes say what its flat tree must hold, apart from the Apptainer files and bind
 points the conversion adds.
 
-    scan (verify.scan) + walk every tree, hashing each inode once ─▶ DeepReport
+    scan (verify._scan) + walk every tree, hashing each inode once ─▶ DeepReport
     --repair: one transaction removes the damaged layers and flat trees ─▶ the images
               that use them are converted again from the registry (convert_image)
 
@@ -42,7 +42,8 @@ from unpacked.errors import UnpackedError
 from unpacked.manifest import Manifest
 from unpacked.publish import Publisher
 from unpacked.records import ImageStatus, parse_layer_records
-from unpacked.verify import Snapshot, _locked, scan
+from unpacked.verify._model import Snapshot
+from unpacked.verify._scan import scan
 
 logger = logging.getLogger(__name__)
 
@@ -345,8 +346,8 @@ def check_content(root: Path, snapshot: Snapshot, spec: str = "") -> DeepReport:
 
 def verify_content(publisher: Publisher, *, lock_timeout: float = 600.0) -> DeepReport:
     """``verify --deep``: hold the repository lock (no conversion changes it meanwhile)."""
-    with _locked(publisher, lock_timeout):
-        report = check_content(publisher.root, scan(publisher.root, private=False), publisher.spec)
+    with publisher.locked(lock_timeout=lock_timeout):
+        report = check_content(publisher.root, scan(publisher.root), publisher.spec)
     logger.info(
         "%s: %d layer(s) and %d flat tree(s) checked, %d problem(s)",
         publisher.spec,
@@ -396,7 +397,7 @@ def repair_content(
     names is left to garbage collection.
     """
     before = verify_content(publisher, lock_timeout=lock_timeout)
-    snapshot = scan(publisher.root, private=False)
+    snapshot = scan(publisher.root)
     flats, todo = _plan(before, snapshot)
     failed = [(name, reason) for name, reason in todo if isinstance(reason, str)]
     failed += _unreachable(reconverter, [s for _, s in todo if isinstance(s, ImageStatus)])
