@@ -200,7 +200,7 @@ def test_gc_and_verify_see_the_same_images(odd_repository: Path) -> None:
     assert tree.unrecorded == (P(".metadata/r.io/b:2"),)
 
     gc_images = {image.metadata for image in read_references(root).published}
-    snapshot = scan(root, private=False)
+    snapshot = scan(root)
     verify_images = {
         layout.METADATA / image.name
         for image in snapshot.images
@@ -220,7 +220,7 @@ def test_gc_and_verify_see_the_same_links_to_flat_trees(odd_repository: Path) ->
     gc_links = dict(read_references(root).links)
     verify_links = {
         link.path: f"sha256:{link.resolved.name}"
-        for link in scan(root, private=False).links
+        for link in scan(root).links
         if link.resolved is not None and link.resolved.parts[0] == str(layout.FLAT)
     }
     assert (
@@ -245,7 +245,7 @@ def test_gc_and_verify_see_the_same_links_to_flat_trees(odd_repository: Path) ->
 def test_gc_verify_and_the_view_agree_on_the_fanouts(odd_repository: Path) -> None:
     root = odd_repository
     state = read_state(root)
-    snapshot = scan(root, private=False)
+    snapshot = scan(root)
     expected = frozenset({f"sha256:{FLAT_A}", f"sha256:{FLAT_B}"})
     assert state.flat_trees == snapshot.flat_trees == repository.flat_trees(root) == expected
     assert set(state.layers) == {layer.digest for layer in snapshot.layers} == {f"sha256:{LAYER}"}

@@ -105,9 +105,9 @@ def flat_trees(root: Path) -> frozenset[str]:
 
 def links(root: Path) -> tuple[Link, ...]:
     """Every symbolic link outside dot-directories and ``podmanStore``, and under
-    ``.multiarch``, sorted by path within each top-level directory."""
+    ``.multiarch``: those of the public area first, each part sorted by path."""
     found = []
-    for path in _symlinks(root):
+    for path in sorted(_symlinks(root), key=lambda p: (p.parts[0] == _MULTIARCH, p)):
         target = os.readlink(root / path)
         found.append(Link(path, target, flat_target_image(path, target)))
     return tuple(found)
