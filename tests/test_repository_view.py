@@ -102,6 +102,7 @@ def test_flat_target_image(link: str, target: str, image_id: str | None) -> None
         (".multiarch/amd64/r.io/a:1", False),
         ("podmanStore/x/a:1", False),
         ("localhost:5000/dir/a", False),
+        ("r.io/.old/a:1", False),
     ],
 )
 def test_what_a_public_link_is(path: str, public: bool) -> None:
@@ -189,6 +190,9 @@ def odd_repository(tmp_path: Path) -> Path:
     _link(root, "r.io/c:3", f"../.layers/cc/{LAYER}")  # a link to a non-flat target
     _link(root, "podmanStore/x:1", f"../.flat/aa/{FLAT_A}")  # not a public area
     _link(root, ".unpacked/x:1", f"../.flat/aa/{FLAT_A}")
+    # No public name has a component starting with a dot: gc never counted this one (verify
+    # did, before both read through the view).
+    _link(root, "r.io/.old/a:1", f"../../.flat/aa/{FLAT_A}")
     return root
 
 

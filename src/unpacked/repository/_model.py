@@ -87,14 +87,14 @@ def belongs_in(metadata: PurePosixPath, reference: Reference) -> bool:
 def is_public_link(path: PurePosixPath) -> bool:
     """Whether a link's path is a public name: ``<registry>/.../<repository>:<tag>`` (or ``@``).
 
-    Outside dot-directories and ``podmanStore``, below the registry level, with a tag or
-    digest in its name.
+    Outside ``podmanStore``, below the registry level, with a tag or digest in its name,
+    and no component starting with a dot (no registry or repository name does: such a
+    link is not one of ours, and ``links`` does not list it).
     """
-    first = path.parts[0] if path.parts else ""
     return (
         len(path.parts) >= 2
-        and not first.startswith(".")
-        and first != str(layout.PODMAN_STORE)
+        and not any(part.startswith(".") for part in path.parts)
+        and path.parts[0] != str(layout.PODMAN_STORE)
         and (":" in path.name or "@" in path.name)
     )
 
