@@ -10,6 +10,7 @@ test releases it.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +29,16 @@ from registry.fakeserver import FakeRegistry, Reply, Seen
 from support.oci import OCI_MANIFEST, BuiltImage, TarEntry, build_image, tar_bytes
 from support.registry import RegistryServer
 from support.samples import push
+from unpacked.batch import BatchOptions, BatchReport
+from unpacked.cli import _render as render
+from unpacked.cli._wishlist import _Summary
+from unpacked.events import CycleDone, Event, emit
+from unpacked.loop import Loop as LibraryLoop
+from unpacked.loop import stop_on_signals
+from unpacked.publish import open_publisher
 from unpacked.reference import parse
+from unpacked.registry import RegistryClient
+from unpacked.wishlist import WishList, loads
 
 UNPACKED = Path(sys.executable).with_name("unpacked")
 STARTUP = 30.0
@@ -39,6 +50,8 @@ GATE = 30.0
 POLL = 0.05
 # If pytest dies without its teardown, the loop goes too (setpriv execs: same pid).
 DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
+# As under a service manager: stdout to a file is block-buffered unless the loop flushes.
+SERVICE_ENV = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
 
 
 @dataclass
@@ -94,6 +107,7 @@ def start_loop(tmp_path: Path) -> Iterator[Callable[[Path, Path], Loop]]:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
+                env=SERVICE_ENV,
             )
         started.append(Loop(process, stdout, stderr))
         return started[-1]
@@ -163,6 +177,9 @@ def test_loop_rereads_the_wishlist_and_stops_on_signal(
     loop = start_loop(wishlist, repo)
     loop.wait_until(lambda: published(repo, first), STARTUP, f"{first} published")
     assert not published(repo, second)
+    # each cycle's summary is on stdout as the cycle ends (flushed), not when the loop exits
+    summary = "1 images: 1 added, 0 updated, 0 unchanged, 0 failed\n"
+    loop.wait_until(lambda: summary in loop.stdout.read_text(), STARTUP, "first summary")
 
     write_wishlist(wishlist, first, second)  # the next cycle must see it
     loop.wait_until(lambda: published(repo, second), STARTUP, f"{second} published")
@@ -266,3 +283,158 @@ def test_signal_during_a_conversion_finishes_that_image_and_starts_no_other(
     assert not published(repo, after)
     assert not (repo / parse(after).public_name).exists()
     assert staging(repo) == []
+
+
+# --- the library loop (``unpacked.loop``), in this process -----------------------------------
+
+CYCLE = 30.0
+"""Seconds a library cycle against the local registry may take."""
+
+
+class Cycles:
+    """The ``CycleDone`` events a running library loop emits, and its thread."""
+
+    def __init__(self) -> None:
+        self.done: list[CycleDone] = []
+        self._arrived = threading.Condition()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, CycleDone):
+            with self._arrived:
+                self.done.append(event)
+                self._arrived.notify_all()
+
+    def wait_for(self, count: int) -> list[CycleDone]:
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(self.done) >= count, timeout=CYCLE):
+                pytest.fail(f"{len(self.done)} cycles done after {CYCLE:.0f} s, not {count}")
+            return list(self.done)
+
+
+@contextmanager
+def library_loop(
+    load: Callable[[], WishList], repo: Path, interval: float
+) -> Iterator[tuple[LibraryLoop, Cycles, threading.Event]]:
+    """A ``Loop`` running in a thread; stopped (and joined, bounded) when the block ends."""
+    stop, cycles = threading.Event(), Cycles()
+    with RegistryClient() as client:
+        service = LibraryLoop(
+            load,
+            client=client,
+            open_publisher=lambda _wishlist: open_publisher(f"dir:{repo}"),
+            options=BatchOptions(attempts=1),
+            interval=interval,
+            stop=stop,
+            on_event=cycles,
+        )
+        thread = threading.Thread(target=service.run, name="loop-under-test")
+        thread.start()
+        try:
+            yield service, cycles, stop
+        finally:
+            stop.set()
+            thread.join(EXIT)
+    assert not thread.is_alive(), f"loop still running {EXIT:.0f} s after stop was set"
+
+
+def test_library_loop_rereads_the_wishlist_and_stops_when_told(
+    loop_images: list[str], tmp_path: Path
+) -> None:
+    first, second = loop_images
+    repo = tmp_path / "repo"
+    wanted = [first]
+
+    def load() -> WishList:
+        return loads(
+            "version: 1\ninput:\n" + "".join(f"  - '{ref}'\n" for ref in wanted), source="live"
+        )
+
+    with library_loop(load, repo, interval=0.05) as (service, cycles, stop):
+        (one,) = cycles.wait_for(1)
+        assert one.error is None and one.report is not None
+        assert [image.outcome for image in one.report.images] == ["added"]
+        wanted.append(second)  # the next cycle must see it
+        done = cycles.wait_for(3)
+        stop.set()
+    latest = done[-1].report
+    assert latest is not None
+    assert sorted(image.outcome for image in latest.images) == ["unchanged", "unchanged"]
+    assert all(cycle.started >= one.started and cycle.seconds >= 0 for cycle in done)
+    assert published(repo, first) and published(repo, second)
+    assert service.next_cycle_at is None  # stopped: no next cycle
+    assert staging(repo) == []
+
+
+def test_library_loop_stops_during_its_pause_and_tells_when_the_next_cycle_is(
+    loop_images: list[str], tmp_path: Path
+) -> None:
+    first, _ = loop_images
+
+    def load() -> WishList:
+        return loads(f"version: 1\ninput:\n  - '{first}'\n", source="live")
+
+    before = time.time()
+    with library_loop(load, tmp_path / "repo", interval=3600.0) as (service, cycles, stop):
+        (one,) = cycles.wait_for(1)
+        deadline = time.monotonic() + CYCLE
+        while service.next_cycle_at is None and time.monotonic() < deadline:
+            time.sleep(POLL)
+        next_at = service.next_cycle_at
+        assert next_at is not None and before + 3600.0 <= next_at <= time.time() + 3600.0
+        stop.set()  # the pause of an hour ends now: library_loop joins within EXIT seconds
+    assert len(cycles.done) == 1 and one.report is not None
+
+
+def test_a_cycle_that_fails_before_any_image_is_reported_and_the_loop_goes_on(
+    loop_images: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, _ = loop_images
+    texts = iter(["version: 1\ninput:\n  - 'not a reference'\n"])
+
+    def load() -> WishList:  # broken first, then fixed by the next merge request
+        return loads(next(texts, f"version: 1\ninput:\n  - '{first}'\n"), source="recipe.yaml")
+
+    repo = tmp_path / "repo"
+    with library_loop(load, repo, interval=0.05) as (_service, cycles, _stop):
+        broken, fixed = cycles.wait_for(2)[:2]
+    assert broken.report is None
+    assert broken.error is not None and "recipe.yaml:3:" in broken.error
+    assert "cycle failed: recipe.yaml:3:" in caplog.text
+    assert fixed.error is None and fixed.report is not None
+    assert [image.outcome for image in fixed.report.images] == ["added"]
+    assert published(repo, first)
+
+
+def test_stop_on_signals_sets_the_event_and_restores_the_handlers() -> None:
+    def previous(_signum: int, _frame: object) -> None:
+        pytest.fail("the loop's handler should have been in place")
+
+    old = {sig: signal.signal(sig, previous) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with stop_on_signals() as stop:
+                assert not stop.is_set()
+                os.kill(os.getpid(), sig)  # handled in this (the main) thread, at once
+                assert stop.wait(EXIT)
+            assert signal.getsignal(sig) is previous
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
+def test_a_reader_that_leaves_stops_the_loop_and_is_raised_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `unpacked loop … | head`: the summary consumer's BrokenPipeError must not be dropped by
+    # events.emit (the loop would go on writing to nobody); it ends the loop and reaches
+    # main_entry, which exits 141 as before the summary became a consumer.
+    def gone(_text: str) -> None:
+        raise BrokenPipeError
+
+    monkeypatch.setattr(render, "print_text", gone)
+    stop = threading.Event()
+    summary = _Summary(argparse.Namespace(json=False), stop)
+    emit(summary, CycleDone(BatchReport(images=()), started=time.time(), seconds=0.0))
+    assert stop.is_set()
+    with pytest.raises(BrokenPipeError):
+        summary.raise_failure()

@@ -5,22 +5,20 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import signal
 import sys
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from types import FrameType
 
 from unpacked import errors
-from unpacked.batch import BatchOptions, BatchReport, convert_wishlist, expand_wish
+from unpacked.batch import BatchOptions, BatchReport, expand_wish
 from unpacked.cli import EXIT_FAILURE, EXIT_INPUT, EXIT_OK
 from unpacked.cli import _render as render
 from unpacked.cli._context import publisher_for, registry_options
 from unpacked.cli._image import convert_options
 from unpacked.cli._source import names_a_file, read_wishlist, require_rereadable
+from unpacked.events import CycleDone, Event
+from unpacked.loop import Loop, convert_once, stop_on_signals
 from unpacked.reference import Reference
 from unpacked.reference import parse as parse_reference
 from unpacked.registry import RegistryClient, RegistryOptions, scheme_for
@@ -55,12 +53,48 @@ def convert(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(args, wishlist)
     publisher = publisher_for(args.repo, wishlist.repository)
-    with RegistryClient(_client_options(args)) as client, _stop_on_signals() as stop:
-        report = convert_wishlist(
-            wishlist, client=client, publisher=publisher, options=_batch_options(args), stop=stop
+    summary = _Summary(args)
+    with RegistryClient(_client_options(args)) as client, stop_on_signals() as stop:
+        report = convert_once(
+            wishlist,
+            client=client,
+            publisher=publisher,
+            options=_batch_options(args),
+            stop=stop,
+            on_event=summary,
         )
-    _render_batch(args, report)
+    summary.raise_failure()
     return EXIT_FAILURE if report.failed or report.stopped else EXIT_OK
+
+
+class _Summary:
+    """Renders the batch summary of every ``CycleDone``, flushed so that a service's log
+    shows each cycle as it ends.
+
+    A consumer's exception is dropped by ``events.emit``; the first one (a reader that
+    went away: ``BrokenPipeError``) stops the work and is raised again by ``raise_failure``,
+    as it was raised before the summary became a consumer.
+    """
+
+    def __init__(self, args: argparse.Namespace, stop: threading.Event | None = None) -> None:
+        self._args = args
+        self._stop = stop
+        self._failure: Exception | None = None
+
+    def __call__(self, event: Event) -> None:
+        if not isinstance(event, CycleDone) or event.report is None or self._failure:
+            return
+        try:
+            _render_batch(self._args, event.report)
+            sys.stdout.flush()
+        except Exception as exc:
+            self._failure = exc
+            if self._stop is not None:
+                self._stop.set()
+
+    def raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
 
 def _render_batch(args: argparse.Namespace, report: BatchReport) -> None:
@@ -73,46 +107,19 @@ def _render_batch(args: argparse.Namespace, report: BatchReport) -> None:
 def loop(args: argparse.Namespace) -> int:
     """``convert`` every ``--interval`` until SIGTERM/SIGINT; the wish list is re-read each time."""
     require_rereadable(args.wishlist)
-    with _stop_on_signals() as stop, RegistryClient(_client_options(args)) as client:
-        while not stop.is_set():
-            _loop_cycle(args, client, stop)
-            if stop.wait(args.interval):
-                break
-    logger.info("loop stopped")
+    with stop_on_signals() as stop, RegistryClient(_client_options(args)) as client:
+        summary = _Summary(args, stop)
+        Loop(
+            functools.partial(_load_wishlist, args),
+            client=client,
+            open_publisher=lambda wishlist: publisher_for(args.repo, wishlist.repository),
+            options=_batch_options(args),
+            interval=args.interval,
+            stop=stop,
+            on_event=summary,
+        ).run()
+    summary.raise_failure()
     return EXIT_OK
-
-
-def _loop_cycle(args: argparse.Namespace, client: RegistryClient, stop: threading.Event) -> None:
-    # A service keeps running through a bad cycle: the wish list may be fixed by the next
-    # merge request, a registry may come back.
-    try:
-        wishlist = _load_wishlist(args)
-        publisher = publisher_for(args.repo, wishlist.repository)
-        report = convert_wishlist(
-            wishlist, client=client, publisher=publisher, options=_batch_options(args), stop=stop
-        )
-    except errors.UnpackedError as exc:
-        logger.error("cycle failed: %s", exc)
-        return
-    _render_batch(args, report)
-    sys.stdout.flush()
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by SIGTERM or SIGINT, so work stops between images, never mid-publish."""
-    stop = threading.Event()
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        logger.warning("%s received: stopping after the current image", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stop
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
 
 
 @dataclass(frozen=True)
