@@ -60,13 +60,13 @@ from unpacked.gc import (
     prune,
 )
 from unpacked.gc._confirm import Confirmer
-from unpacked.gc._state import format_time
 from unpacked.platform import DEFAULT as DEFAULT_PLATFORM
 from unpacked.platform import Platform
 from unpacked.publish import open_publisher
 from unpacked.records import RemovalSchedule, ScheduledRemoval
 from unpacked.reference import Reference, parse
 from unpacked.registry import RegistryClient, RegistryOptions
+from unpacked.repository import format_time
 from unpacked.verify import verify_repository
 from unpacked.wishlist import loads
 

@@ -36,10 +36,10 @@ from unpacked import layout
 from unpacked.convert import convert_image
 from unpacked.digest import Digest
 from unpacked.gc import collect_garbage, delete_image, prune
-from unpacked.gc._state import format_time
 from unpacked.publish import open_publisher
 from unpacked.reference import Reference
 from unpacked.registry import RegistryClient
+from unpacked.repository import format_time
 from unpacked.verify import verify_repository
 from unpacked.wishlist import loads
 

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from unpacked.layers import OPAQUE_XATTR
+from unpacked.layout import CATALOG_MARKER
 
-CATALOG_MARKER = ".cvmfscatalog"
 ROOT = "."
 _VERSION = 1
 _SMALL = 1 << 20

@@ -18,11 +18,23 @@ LAYERS = PurePosixPath(".layers")
 METADATA = PurePosixPath(".metadata")
 MULTIARCH = PurePosixPath(".multiarch")
 PODMAN_STORE = PurePosixPath("podmanStore")
+PODMAN_SUBDIRS = ("overlay", "overlay-images", "overlay-layers")
+"""The containers/storage directories of ``podmanStore`` (each a catalog of its own)."""
 PRIVATE_DIR = PurePosixPath(".unpacked")
 """Reserved for the publisher's own files (the ``dir:`` backend's lock and staging):
 never published, skipped by readers."""
 CATALOG_MARKER = ".cvmfscatalog"
 REMOVE_SCHEDULE = METADATA / "remove-schedule.json"
+
+# Names inside an image's metadata directory.
+STATUS_NAME = "status.json"
+MANIFEST_NAME = "manifest.json"
+
+# Names inside a layer directory ``.layers/<l2>/<l>``.
+LAYERFS = "layerfs"
+LAYER_METADATA = ".metadata"
+ORIGIN_NAME = "origin.json"
+LAYER_RECORDS_NAME = "layers.json"
 CONTENT_INDEX = "content.gz"
 """Name of a layer's content index in its ``.metadata`` (next to origin.json, outside
 ``layerfs``, which must hold the layer's files only)."""
@@ -63,22 +75,27 @@ def layer_dir(layer_digest: Digest) -> PurePosixPath:
 
 def layerfs_dir(layer_digest: Digest) -> PurePosixPath:
     """``.layers/<l2>/<l>/layerfs``: the path the CVMFS snapshotter looks up."""
-    return layer_dir(layer_digest) / "layerfs"
+    return layer_dir(layer_digest) / LAYERFS
+
+
+def layer_metadata_dir(layer_digest: Digest) -> PurePosixPath:
+    """``.layers/<l2>/<l>/.metadata``: the layer's records, next to (never inside) ``layerfs``."""
+    return layer_dir(layer_digest) / LAYER_METADATA
 
 
 def layer_origin_file(layer_digest: Digest) -> PurePosixPath:
     """``origin.json``: the config digests of the images that use this layer."""
-    return layer_dir(layer_digest) / ".metadata" / "origin.json"
+    return layer_metadata_dir(layer_digest) / ORIGIN_NAME
 
 
 def layer_record_file(layer_digest: Digest) -> PurePosixPath:
     """``layers.json``: the podman-style record of this layer."""
-    return layer_dir(layer_digest) / ".metadata" / "layers.json"
+    return layer_metadata_dir(layer_digest) / LAYER_RECORDS_NAME
 
 
 def layer_content_index(layer_digest: Digest) -> PurePosixPath:
     """``content.gz``: the content index of the layer's ``layerfs`` (``verify --deep``)."""
-    return layer_dir(layer_digest) / ".metadata" / CONTENT_INDEX
+    return layer_metadata_dir(layer_digest) / CONTENT_INDEX
 
 
 def public_link(reference: Reference) -> PurePosixPath:
@@ -128,18 +145,18 @@ def metadata_dir(reference: Reference) -> PurePosixPath:
 
 def manifest_file(reference: Reference) -> PurePosixPath:
     """The registry's manifest bytes, as served."""
-    return metadata_dir(reference) / "manifest.json"
+    return metadata_dir(reference) / MANIFEST_NAME
 
 
 def status_file(reference: Reference) -> PurePosixPath:
     """Our status record of the image (digest, platform, check/change times, last error)."""
-    return metadata_dir(reference) / "status.json"
+    return metadata_dir(reference) / STATUS_NAME
 
 
 def catalog_dirs(config_digests: list[Digest], layer_digests: list[Digest]) -> list[PurePosixPath]:
     """Directories that get a ``.cvmfscatalog`` marker (DESIGN.md section 8), sorted."""
     dirs = {FLAT, LAYERS, PODMAN_STORE}
-    dirs |= {PODMAN_STORE / sub for sub in ("overlay", "overlay-images", "overlay-layers")}
+    dirs |= {PODMAN_STORE / sub for sub in PODMAN_SUBDIRS}
     for config in config_digests:
         path = flat_dir(config)
         dirs |= {path, path.parent}

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -78,6 +79,19 @@ def storage_layer_ids(diff_ids: Sequence[Digest]) -> list[str]:
     return ids
 
 
+class Whiteouts(enum.Enum):
+    """How whiteouts are kept in a tree: a closed choice.
+
+    RESOLVE: applied (a flat tree has none); OVERLAY: 0/0 character devices and the
+    ``trusted.overlay.opaque`` xattr; KEEP: the tar's ``.wh.`` files (unprivileged).
+    The values are what ``layers.json`` and reports say.
+    """
+
+    RESOLVE = "resolved"
+    OVERLAY = "overlay"
+    KEEP = "wh-files"
+
+
 @dataclass(frozen=True)
 class LayerRecord:
     """One podman-style record of a layer."""
@@ -87,7 +101,7 @@ class LayerRecord:
     compressed_diff_digest: str
     diff_digest: str
     diff_size: int
-    whiteouts: str
+    whiteouts: Whiteouts
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,8 +110,29 @@ class LayerRecord:
             "compressed-diff-digest": self.compressed_diff_digest,
             "diff-digest": self.diff_digest,
             "diff-size": self.diff_size,
-            "unpacked-whiteouts": self.whiteouts,
+            "unpacked-whiteouts": self.whiteouts.value,
         }
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> LayerRecord:
+        """One record of a ``layers.json``; a missing whiteout form is the overlay one (the
+        form written before the field existed). ``KeyError``/``ValueError``/``TypeError``."""
+        size = value["diff-size"]
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise TypeError(f"diff-size {size!r} is not an integer")
+        texts = {
+            key: value[key] for key in ("id", "created", "compressed-diff-digest", "diff-digest")
+        }
+        if not all(isinstance(text, str) for text in texts.values()):
+            raise TypeError("id, created and the digests must be strings")
+        return cls(
+            id=texts["id"],
+            created=texts["created"],
+            compressed_diff_digest=texts["compressed-diff-digest"],
+            diff_digest=texts["diff-digest"],
+            diff_size=size,
+            whiteouts=Whiteouts(value.get("unpacked-whiteouts", Whiteouts.OVERLAY.value)),
+        )
 
 
 def parse_layer_records(raw: bytes | None, *, what: str) -> list[dict[str, Any]]:
@@ -111,6 +146,14 @@ def parse_layer_records(raw: bytes | None, *, what: str) -> list[dict[str, Any]]
     if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
         raise ValueError(f"{what}: malformed layers.json: not a list of objects")
     return value
+
+
+def read_layer_records(raw: bytes | None, *, what: str) -> tuple[LayerRecord, ...]:
+    """The records of a ``layers.json``, typed (empty when there is none); ``ValueError``."""
+    try:
+        return tuple(LayerRecord.from_json(item) for item in parse_layer_records(raw, what=what))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"{what}: malformed layers.json: {exc}") from exc
 
 
 def merge_layer_records(

@@ -11,7 +11,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from unpacked import layout
+from unpacked import layout, repository
 
 
 @dataclass(frozen=True)
@@ -23,7 +23,7 @@ class CatalogSize:
 @dataclass(frozen=True)
 class RepositoryStats:
     images: int
-    """Public links (``<registry>/<repository>:<tag>``)."""
+    """Public links (``<registry>/<repository>:<tag>``, ``repository.is_public_link``)."""
     flat_trees: int
     layers: int
     bytes: int
@@ -63,26 +63,13 @@ def repository_stats(root: Path, *, top: int = 5) -> RepositoryStats:
     largest = sorted(walk.catalog_entries.items(), key=lambda item: (-item[1], item[0]))[:top]
     return RepositoryStats(
         images=walk.links,
-        flat_trees=_count_fanout(root / layout.FLAT),
-        layers=_count_fanout(root / layout.LAYERS),
+        flat_trees=len(repository.fanout(root, layout.FLAT).digests),
+        layers=len(repository.fanout(root, layout.LAYERS).digests),
         bytes=walk.bytes,
         entries=walk.entries,
         catalogs=len(walk.catalog_entries),
         largest_catalogs=tuple(CatalogSize(path or "/", n) for path, n in largest),
     )
-
-
-def _count_fanout(top: Path) -> int:
-    try:
-        return sum(
-            1
-            for sub in os.scandir(top)
-            if sub.is_dir(follow_symlinks=False)
-            for entry in os.scandir(sub.path)
-            if entry.is_dir(follow_symlinks=False)
-        )
-    except FileNotFoundError:
-        return 0
 
 
 def _scan(root: Path, walk: _Walk) -> None:
@@ -111,16 +98,7 @@ def _count(entry: os.DirEntry[str], relative: str, catalog: str, walk: _Walk) ->
     if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in walk.seen_inodes:
         walk.seen_inodes.add((st.st_dev, st.st_ino))
         walk.bytes += st.st_size
-    elif stat.S_ISLNK(st.st_mode) and _is_public_link(relative, entry.name):
+    elif stat.S_ISLNK(st.st_mode) and repository.is_public_link(
+        PurePosixPath(relative, entry.name)
+    ):
         walk.links += 1
-
-
-def _is_public_link(relative: str, name: str) -> bool:
-    """Public links live under ``<registry>/...`` (not under a dot directory) and have a tag."""
-    first = relative.split("/", 1)[0]
-    return (
-        bool(relative)
-        and not first.startswith(".")
-        and first != str(layout.PODMAN_STORE)
-        and (":" in name or "@" in name)
-    )

@@ -24,11 +24,11 @@ from unpacked.gc import (
     plan_prune,
     prune,
 )
-from unpacked.gc._state import format_time, parse_time
 from unpacked.records import ScheduledRemoval
 from unpacked.reference import Reference
 from unpacked.reference import parse as parse_reference
 from unpacked.registry import RegistryClient
+from unpacked.repository import format_time, parse_time
 from unpacked.wishlist import WishList
 
 logger = logging.getLogger("unpacked")

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
-from unpacked import layout
-from unpacked.convert._model import ConvertOptions, Placement, placement, utc_now
+from unpacked import layout, repository
+from unpacked.convert._model import ConvertOptions, Placement, placement
 from unpacked.digest import Digest
 from unpacked.errors import UnpackedError
-from unpacked.manifest import Descriptor, parse_manifest
+from unpacked.manifest import Descriptor
 from unpacked.platform import Platform
 from unpacked.publish import Publisher
-from unpacked.records import (
-    ImageStatus,
-)
+from unpacked.records import ImageStatus
 from unpacked.reference import Reference
-from unpacked.status import read_status
 
 logger = logging.getLogger(__name__)
 
@@ -46,19 +42,15 @@ def is_current(
 
 
 def _link_points_to(root: Path, link: PurePosixPath, flat: PurePosixPath) -> bool:
-    try:
-        return os.readlink(root / link) == str(layout.relative_target(link, flat))
-    except OSError:
-        return False
+    return repository.link_target(root, link) == str(layout.relative_target(link, flat))
 
 
 def _metadata_consistent(root: Path, place: Placement, status: ImageStatus) -> bool:
     """manifest.json is the manifest status.json names, of the image it names."""
-    try:
-        raw = (root / place.manifest_file).read_bytes()
-        manifest = parse_manifest(raw)
-    except (OSError, UnpackedError):
+    found = repository.find_manifest(root, place.manifest_file)
+    if found is None:
         return False
+    raw, manifest = found
     return (
         str(Digest.of(raw)) == status.manifest_digest
         and str(manifest.config.digest) == status.image_id
@@ -66,11 +58,10 @@ def _metadata_consistent(root: Path, place: Placement, status: ImageStatus) -> b
 
 
 def _layers_present(root: Path, place: Placement) -> bool:
-    try:
-        manifest = parse_manifest((root / place.manifest_file).read_bytes())
-    except (OSError, UnpackedError):
+    found = repository.find_manifest(root, place.manifest_file)
+    if found is None:
         return False
-    return all((root / layout.layerfs_dir(layer.digest)).is_dir() for layer in manifest.layers)
+    return all((root / layout.layerfs_dir(layer.digest)).is_dir() for layer in found[1].layers)
 
 
 def record_checks(
@@ -87,7 +78,7 @@ def record_checks(
     updates = []
     for reference, options in checked:
         status_file = placement(reference, options).status_file
-        status = read_status(publisher.root, reference, status_file)
+        status = repository.find_status(publisher.root, status_file, reference)
         if status is not None:
             fields = {**status.__dict__, "last_check": when, "last_error": None}
             updates.append((status_file, ImageStatus(**fields).to_bytes()))
@@ -111,10 +102,10 @@ def record_failure(
     what the caller reports.
     """
     status_file = placement(reference, options).status_file
-    status = read_status(publisher.root, reference, status_file)
+    status = repository.find_status(publisher.root, status_file, reference)
     if status is None:
         return
-    when = when or utc_now()
+    when = when or repository.utc_now()
     updated = ImageStatus(**{**status.__dict__, "last_check": when, "last_error": str(error)})
     try:
         with publisher.transaction(lock_timeout=60) as tx:

@@ -16,6 +16,7 @@ from unpacked.records import (
     ImageStatus,
     LayerRecord,
     RemovalSchedule,
+    Whiteouts,
     merge_layer_records,
     origin_json,
     parse_layer_records,
@@ -89,7 +90,7 @@ def write_layer_records(
                 str(digest),
                 str(item.diff_id),
                 layer.diff_size,
-                layer.whiteouts,
+                Whiteouts(layer.whiteouts),
             )
         )
     image_id = str(image.image_id)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 
-from unpacked import layout
+from unpacked import layout, repository
 from unpacked.digest import Digest
 from unpacked.layers import SizeLimit
 from unpacked.manifest import Descriptor
@@ -152,4 +151,4 @@ class ConvertResult:
 
 def utc_now() -> str:
     """The current time as status.json writes it (UTC, seconds)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return repository.utc_now()

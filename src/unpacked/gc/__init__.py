@@ -4,7 +4,8 @@ Mark. An image is live when a public link (``<registry>/<repository>:<tag>`` any
 outside dot-directories and ``podmanStore``, or under ``.multiarch``) points at its
 flat tree, or a ``.metadata/**/status.json`` names it (an image published with
 ``--skip-flat`` has no link but is live). A layer is live when a ``manifest.json``
-under ``.metadata`` lists it.
+under ``.metadata`` lists it. The mark phase reads through the read-side view
+(``unpacked.repository``), which holds these rules for verify and stats too.
 
 Plan (``plan_collection``, a pure function of a ``RepositoryState``, the time, the grace
 period and ``max_removals``):
@@ -40,7 +41,6 @@ from __future__ import annotations
 from unpacked.gc._plan import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_GRACE,
-    ORPHAN,
     Batch,
     ImageRemoval,
     OriginUpdate,
@@ -48,7 +48,6 @@ from unpacked.gc._plan import (
     plan_collection,
 )
 from unpacked.gc._state import (
-    PublishedImage,
     References,
     RepositoryState,
     read_references,
@@ -66,6 +65,7 @@ from unpacked.gc._unlink import (
     plan_unlink,
     prune,
 )
+from unpacked.repository import ORPHAN, PublishedImage
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",

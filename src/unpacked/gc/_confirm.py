@@ -30,9 +30,10 @@ from unpacked import layout
 from unpacked.digest import Digest
 from unpacked.errors import PublishError
 from unpacked.gc._plan import Batch, ImageRemoval, OriginUpdate
-from unpacked.gc._state import RepositoryState, flat_target_image, parse_time, read_schedule
+from unpacked.gc._state import RepositoryState
 from unpacked.records import ImageStatus, RemovalSchedule, ScheduledRemoval, parse_origin
 from unpacked.reference import parse as parse_reference
+from unpacked.repository import flat_target_image, parse_time, read_optional, read_schedule
 
 
 @dataclass
@@ -131,7 +132,7 @@ class Confirmer:
             return None
         path = self.root / layout.layer_origin_file(digest)
         try:
-            return parse_origin(_read_optional(path), what=str(path))
+            return parse_origin(read_optional(path), what=str(path))
         except (OSError, ValueError) as exc:
             raise PublishError(f"{path}: unreadable, garbage collection stops: {exc}") from exc
 
@@ -154,7 +155,7 @@ def _used_by(root: Path, reference: str, image_id: str) -> bool:
     except OSError:
         pass  # no link (or not a link) there
     status = root / layout.status_file(parsed)
-    raw = _read_optional(status)
+    raw = read_optional(status)
     try:
         return raw is not None and ImageStatus.from_bytes(raw).image_id == image_id
     except ValueError as exc:
@@ -178,10 +179,3 @@ def _orphan_entries(batch: Batch) -> Iterable[ScheduledRemoval]:
         return ()
     orphans = set(batch.scheduled)
     return (e for e in batch.schedule.entries if e.image_id in orphans)
-
-
-def _read_optional(path: Path) -> bytes | None:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None

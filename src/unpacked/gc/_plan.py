@@ -34,15 +34,14 @@ from pathlib import PurePosixPath
 from unpacked import layout
 from unpacked.errors import ConfigError
 from unpacked.gc._match import names
-from unpacked.gc._state import RepositoryState, format_time, parse_time, public_name_of
+from unpacked.gc._state import RepositoryState
 from unpacked.records import RemovalSchedule, ScheduledRemoval
 from unpacked.reference import Reference
 from unpacked.reference import parse as parse_reference
+from unpacked.repository import ORPHAN, format_time, parse_time, public_name_of
 
 DEFAULT_GRACE = timedelta(days=7)
 DEFAULT_BATCH_SIZE = 50
-ORPHAN = ""
-"""The ``reference`` of a schedule entry made for an orphaned flat tree (no reference left it)."""
 
 
 @dataclass(frozen=True)

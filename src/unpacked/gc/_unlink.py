@@ -17,10 +17,11 @@ from pathlib import PurePosixPath
 from unpacked import layout
 from unpacked.errors import ConfigError, UnpackedError
 from unpacked.gc._match import names
-from unpacked.gc._state import References, format_time, public_name_of, read_references
+from unpacked.gc._state import References, read_references
 from unpacked.publish import Publisher, Transaction
 from unpacked.records import RemovalSchedule
 from unpacked.reference import Reference
+from unpacked.repository import format_time, public_name_of
 from unpacked.wishlist import Wish
 
 logger = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from unpacked.layers._lower import complete
 from unpacked.layers._paths import Parts, Tree, display, normalise
 from unpacked.layers._report import ApplyReport, PendingLower, ReportBuilder, Target
 from unpacked.layers._tarstream import TarReader
-from unpacked.layers._whiteouts import Whiteouts
+from unpacked.records import Whiteouts
 
 logger = logging.getLogger(__name__)
 

@@ -36,12 +36,12 @@ from pathlib import Path
 
 from unpacked.errors import LayerError
 from unpacked.layers._fs import OPAQUE_XATTR
+from unpacked.layout import CATALOG_MARKER
 
 logger = logging.getLogger(__name__)
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
-CATALOG_MARKER = ".cvmfscatalog"
 MAX_DEPTH = 512
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _LINK_FALLBACK = {errno.EXDEV, errno.EMLINK, errno.EPERM}

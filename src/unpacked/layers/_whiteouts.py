@@ -24,7 +24,6 @@ the lower one (``Context.hides_lower``).
 from __future__ import annotations
 
 import contextlib
-import enum
 import os
 import stat
 import tarfile
@@ -34,17 +33,12 @@ from unpacked.layers import _entries
 from unpacked.layers._context import Context, Place
 from unpacked.layers._fs import OPAQUE_XATTR
 from unpacked.layers._paths import Parts, display
+from unpacked.records import Whiteouts
 
 PREFIX = ".wh."
 OPAQUE = ".wh..wh..opq"
 # aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs): not content, docker drops it too.
 _AUFS_META = ".wh..wh."
-
-
-class Whiteouts(enum.Enum):
-    RESOLVE = "resolved"
-    OVERLAY = "overlay"
-    KEEP = "wh-files"
 
 
 def _under_aufs_metadata(parts: Parts) -> bool:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
-from unpacked import layout
+from unpacked import layout, repository
 from unpacked.apptainer import BIND_POINTS, LINKS, PLACEHOLDERS
 from unpacked.contentindex import (
     ROOT,
@@ -41,7 +41,7 @@ from unpacked.digest import Digest
 from unpacked.errors import UnpackedError
 from unpacked.manifest import Manifest
 from unpacked.publish import Publisher
-from unpacked.records import ImageStatus, parse_layer_records
+from unpacked.records import ImageStatus, Whiteouts
 from unpacked.verify._model import Snapshot
 from unpacked.verify._scan import scan
 
@@ -275,11 +275,10 @@ class _Checker:
 
     def _wh_files(self, digest: Digest) -> bool:
         try:
-            raw = (self.root / layout.layer_record_file(digest)).read_bytes()
-            records = parse_layer_records(raw, what="layers.json")
+            records = repository.layer_records(self.root, digest)
         except (OSError, ValueError):
             return False
-        return any(record.get("unpacked-whiteouts") == "wh-files" for record in records)
+        return any(record.whiteouts is Whiteouts.KEEP for record in records)
 
     def forget(self, digest: str) -> None:
         self.indexes.pop(digest, None)

@@ -11,10 +11,11 @@ from pathlib import PurePosixPath
 from unpacked import layout
 from unpacked.manifest import Manifest
 from unpacked.records import ImageStatus, RemovalSchedule
+from unpacked.repository import ORPHAN
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
-ORPHAN_REFERENCE = ""
-"""The ``reference`` of a schedule entry for a flat tree nothing referenced (as gc writes it)."""
+ORPHAN_REFERENCE = ORPHAN
+"""The ``reference`` of a schedule entry for a flat tree nothing referenced (gc's, one marker)."""
 
 
 class Kind(enum.StrEnum):

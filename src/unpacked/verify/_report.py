@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import PurePosixPath
 
+from unpacked import repository
 from unpacked.errors import PublishError
 from unpacked.publish import Publisher
 from unpacked.verify._checks import check
@@ -50,10 +50,6 @@ class RepairReport:
     after: VerifyReport
 
 
-def _utc_now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _scan(publisher: Publisher, *, private: bool) -> Snapshot:
     try:
         return scan(publisher.root, private=publisher.private_area() if private else None)
@@ -82,7 +78,7 @@ def repair_repository(
     *,
     options: VerifyOptions = VerifyOptions(),
     lock_timeout: float = 600.0,
-    now: Callable[[], str] = _utc_now,
+    now: Callable[[], str] = repository.utc_now,
 ) -> RepairReport:
     """Check, fix what needs no registry in one transaction, and check again."""
     before = verify_repository(publisher, options=options, lock_timeout=lock_timeout)

@@ -1,14 +1,18 @@
 """scan: the only I/O of the check, a read-only walk of the repository (never following a
-link) into a ``Snapshot``."""
+link) into a ``Snapshot``.
+
+The walk is the read-side view's (``unpacked.repository``): the same fan-outs, links and
+images as garbage collection sees. Records are read here in a third way, neither strict
+nor tolerant: a broken one becomes a ``Broken`` value, which the checks report.
+"""
 
 from __future__ import annotations
 
 import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from unpacked import layout
+from unpacked import layout, repository
 from unpacked.digest import Digest
 from unpacked.errors import UnpackedError
 from unpacked.manifest import Manifest, parse_manifest
@@ -16,11 +20,10 @@ from unpacked.publish import PrivateArea
 from unpacked.records import (
     ImageStatus,
     RemovalSchedule,
-    parse_layer_records,
     parse_origin,
+    read_layer_records,
 )
 from unpacked.verify._model import (
-    HEX64,
     AreaEntry,
     Broken,
     ImageEntry,
@@ -40,9 +43,11 @@ def scan(root: Path, *, private: PrivateArea | None = None) -> Snapshot:
 
     ``private``: the publisher's private area, whose staging is listed too.
     """
-    flat_parents, flat_ids = _fanout(root, layout.FLAT)
-    layer_parents, layer_hexes = _fanout(root, layout.LAYERS)
-    layers = tuple(_layer_entry(root, hexdigest) for hexdigest in layer_hexes)
+    flat = repository.fanout(root, layout.FLAT)
+    layers_fanout = repository.fanout(root, layout.LAYERS)
+    flat_parents, flat_ids = list(flat.parents), list(flat.digests)
+    layer_parents = list(layers_fanout.parents)
+    layers = tuple(_layer_entry(root, hexdigest) for hexdigest in layers_fanout.digests)
     return Snapshot(
         links=tuple(_links(root)),
         images=tuple(_image_entry(root, name) for name in _metadata_names(root)),
@@ -55,47 +60,12 @@ def scan(root: Path, *, private: PrivateArea | None = None) -> Snapshot:
     )
 
 
-def _real_dirs(directory: Path) -> list[os.DirEntry[str]]:
-    try:
-        with os.scandir(directory) as entries:
-            return sorted(
-                (entry for entry in entries if entry.is_dir(follow_symlinks=False)),
-                key=lambda entry: entry.name,
-            )
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def _fanout(root: Path, top: PurePosixPath) -> tuple[list[str], list[str]]:
-    """The ``<d2>`` directories of a fan-out, and the ``<d>`` hex digests under them."""
-    parents, digests = [], []
-    for sub in _real_dirs(root / top):
-        if len(sub.name) != 2:
-            continue
-        parents.append(sub.name)
-        digests += [
-            entry.name
-            for entry in _real_dirs(Path(sub.path))
-            if HEX64.fullmatch(entry.name) and entry.name.startswith(sub.name)
-        ]
-    return parents, digests
-
-
 def _links(root: Path) -> Iterator[LinkEntry]:
     real_root = os.path.realpath(root)
-    for entry in _entries(root):
-        if entry.name.startswith(".") or entry.name == str(layout.PODMAN_STORE):
-            continue
-        if entry.is_symlink():
-            yield _link_entry(root, real_root, PurePosixPath(entry.name))
-        elif entry.is_dir(follow_symlinks=False):
-            yield from _links_under(root, real_root, PurePosixPath(entry.name))
-    for entry in _entries(root / layout.MULTIARCH):
-        relative = layout.MULTIARCH / entry.name
-        if entry.is_symlink():
-            yield _link_entry(root, real_root, relative, alias=True)
-        elif entry.is_dir(follow_symlinks=False):
-            yield from _links_under(root, real_root, relative)
+    for link in repository.links(root):
+        # A link right in .multiarch is a uname -m alias of an architecture directory.
+        alias = link.path.parent == layout.MULTIARCH
+        yield _link_entry(root, real_root, link.path, link.target, alias=alias)
 
 
 def _entries(directory: Path) -> list[os.DirEntry[str]]:
@@ -106,19 +76,9 @@ def _entries(directory: Path) -> list[os.DirEntry[str]]:
         return []
 
 
-def _links_under(root: Path, real_root: str, relative: PurePosixPath) -> Iterator[LinkEntry]:
-    for entry in _entries(root / relative):
-        path = relative / entry.name
-        if entry.is_symlink():
-            yield _link_entry(root, real_root, path)
-        elif entry.is_dir(follow_symlinks=False):
-            yield from _links_under(root, real_root, path)
-
-
 def _link_entry(
-    root: Path, real_root: str, path: PurePosixPath, *, alias: bool = False
+    root: Path, real_root: str, path: PurePosixPath, target: str, *, alias: bool = False
 ) -> LinkEntry:
-    target = os.readlink(root / path)
     real = os.path.realpath(root / path)
     inside = os.path.commonpath([real, real_root]) == real_root and real != real_root
     resolved = PurePosixPath(os.path.relpath(real, real_root)) if inside else None
@@ -128,23 +88,15 @@ def _link_entry(
 
 
 def _metadata_names(root: Path) -> Iterator[str]:
-    """The ``<registry>/<repository>:<tag>`` names with a directory under ``.metadata``.
+    """The names (relative to ``.metadata``) of the images and of the directories named like
+    one that lack a ``status.json`` (reported as such), in the order of a sorted walk.
 
-    Below the registry level a ``:`` or ``@`` can only be the tag or digest separator
-    (repository components cannot contain them), so such a directory is an image's.
-    Images of further platforms live under ``.multiarch/<arch>/`` (whose ``<arch>`` may
-    contain a ``:`` too, as in ``arm64:v8``); their names keep that prefix.
+    Images of further platforms live under ``.multiarch/<arch>/``; their names keep that
+    prefix.
     """
-    stack = [PurePosixPath()]
-    while stack:
-        relative = stack.pop()
-        for entry in reversed(_real_dirs(root / layout.METADATA / relative)):
-            path = relative / entry.name
-            name_parts = path.parts[2:] if path.parts[0] == str(layout.MULTIARCH) else path.parts
-            if len(name_parts) >= 2 and (":" in entry.name or "@" in entry.name):
-                yield str(path)
-            else:
-                stack.append(path)
+    tree = repository.metadata_tree(root)
+    for path in sorted((*tree.images, *tree.unrecorded)):
+        yield str(path.relative_to(layout.METADATA))
 
 
 def _read(path: Path) -> bytes | Broken:
@@ -158,11 +110,12 @@ def _read(path: Path) -> bytes | Broken:
 
 def _image_entry(root: Path, name: str) -> ImageEntry:
     directory = root / layout.METADATA / name
-    raw = _read(directory / "manifest.json")
-    status = _read(directory / "status.json")
+    raw = _read(directory / layout.MANIFEST_NAME)
+    status = _read(directory / layout.STATUS_NAME)
+    what = f"{name}/{layout.MANIFEST_NAME}"
     return ImageEntry(
         name,
-        raw if isinstance(raw, Broken) else _parsed_manifest(raw, f"{name}/manifest.json"),
+        raw if isinstance(raw, Broken) else _parsed_manifest(raw, what),
         None if isinstance(raw, Broken) else str(Digest.of(raw)),
         status if isinstance(status, Broken) else _parsed_status(status),
     )
@@ -188,7 +141,7 @@ def _layer_entry(root: Path, hexdigest: str) -> LayerEntry:
     records = _read(root / layout.layer_record_file(digest))
     return LayerEntry(
         str(digest),
-        _is_real_dir(root / layout.layerfs_dir(digest)),
+        repository.is_real_dir(root / layout.layerfs_dir(digest)),
         origin if isinstance(origin, Broken) else _parsed_origin(origin),
         records if isinstance(records, Broken) else _records_problem(records),
     )
@@ -196,24 +149,17 @@ def _layer_entry(root: Path, hexdigest: str) -> LayerEntry:
 
 def _parsed_origin(raw: bytes) -> frozenset[str] | Broken:
     try:
-        return parse_origin(raw, what="origin.json")
+        return parse_origin(raw, what=layout.ORIGIN_NAME)
     except ValueError as exc:
-        return Broken(str(exc).removeprefix("origin.json: "))
+        return Broken(str(exc).removeprefix(f"{layout.ORIGIN_NAME}: "))
 
 
 def _records_problem(raw: bytes) -> Broken | None:
     try:
-        parse_layer_records(raw, what="layers.json")
+        read_layer_records(raw, what=layout.LAYER_RECORDS_NAME)
     except ValueError as exc:
-        return Broken(str(exc).removeprefix("layers.json: "))
+        return Broken(str(exc).removeprefix(f"{layout.LAYER_RECORDS_NAME}: "))
     return None
-
-
-def _is_real_dir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
 
 
 def _schedule(root: Path) -> RemovalSchedule | Broken:
@@ -234,7 +180,7 @@ def _catalog_dirs(
     layers: tuple[LayerEntry, ...],
 ) -> tuple[tuple[PurePosixPath, bool], ...]:
     wanted = [layout.FLAT, layout.LAYERS, layout.PODMAN_STORE]
-    wanted += [layout.PODMAN_STORE / sub for sub in ("overlay", "overlay-images", "overlay-layers")]
+    wanted += [layout.PODMAN_STORE / sub for sub in layout.PODMAN_SUBDIRS]
     wanted += [layout.FLAT / c2 for c2 in flat_parents]
     wanted += [layout.flat_dir(Digest("sha256", c)) for c in flat_ids]
     wanted += [layout.LAYERS / l2 for l2 in layer_parents]
@@ -244,7 +190,7 @@ def _catalog_dirs(
     return tuple(
         (directory, os.path.lexists(root / directory / layout.CATALOG_MARKER))
         for directory in sorted(wanted)
-        if _is_real_dir(root / directory)
+        if repository.is_real_dir(root / directory)
     )
 
 
