@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import stat
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
@@ -15,7 +16,7 @@ from publish_helpers import Worker, areas, interpreter_for_others, state
 
 from support.tree import assert_trees_equal
 from unpacked.errors import ConfigError, PublishError
-from unpacked.publish import Publisher, Transaction, open_publisher
+from unpacked.publish import Capabilities, Publisher, Transaction, WhiteoutForm, open_publisher
 
 P = PurePosixPath
 
@@ -584,3 +585,40 @@ def test_the_swap_watcher_does_see_a_non_atomic_swap(publisher: Publisher, root:
     report = _watch(root, naive, until_missing=True)
     assert isinstance(report["missing"], int)
     assert report["missing"] > 0
+
+
+# --- capabilities (C1-C3) ---------------------------------------------------------------
+
+
+def test_dir_capabilities_follow_the_repository_file_system(root: Path) -> None:
+    publisher = open_publisher(f"dir:{root}")
+    caps = publisher.capabilities
+    expected = WhiteoutForm.OVERLAY if os.geteuid() == 0 else WhiteoutForm.AUFS
+    assert caps == Capabilities(
+        whiteouts=expected, hardlinks_across_directories=True, scratch_on_tree_filesystem=True
+    )
+    with publisher.transaction() as transaction:
+        assert transaction.capabilities == caps
+    # The probe leaves nothing behind in the staging area.
+    assert areas(root) == []
+
+
+def test_dir_whiteouts_on_a_file_system_without_trusted_xattrs(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("unprivileged: the form is AUFS without a probe")
+    mountpoint = tmp_path / "ramfs"
+    mountpoint.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "ramfs", "none", str(mountpoint)], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount ramfs: {done.stderr.decode().strip()}")
+    try:
+        publisher = open_publisher(f"dir:{mountpoint / 'repo'}")
+        assert publisher.capabilities.whiteouts is WhiteoutForm.AUFS
+        assert "cannot create overlay whiteouts here" in caplog.text
+        assert "kept as .wh. files" in caplog.text
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True, timeout=30)

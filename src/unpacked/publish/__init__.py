@@ -11,10 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from unpacked.errors import ConfigError
-from unpacked.publish._base import Publisher, Transaction
+from unpacked.publish._base import Capabilities, Publisher, Transaction, WhiteoutForm
 from unpacked.publish._dir import DirPublisher
 
-__all__ = ["BACKENDS", "Publisher", "Transaction", "open_publisher"]
+__all__ = [
+    "BACKENDS",
+    "Capabilities",
+    "Publisher",
+    "Transaction",
+    "WhiteoutForm",
+    "open_publisher",
+]
 
 _OPENERS: dict[str, Callable[[str, bool], Publisher]] = {
     "dir": DirPublisher.open,

@@ -23,12 +23,13 @@ from pathlib import Path, PurePosixPath
 
 from unpacked.errors import ConfigError, PublishError
 from unpacked.publish import _commit
-from unpacked.publish._base import Publisher, Transaction
+from unpacked.publish._base import Capabilities, Publisher, Transaction, WhiteoutForm
 from unpacked.publish._changes import Change, Changes, NewDir, NewFile, NewLink, Removal, plan
 from unpacked.publish._flusher import Flusher
 from unpacked.publish._fs import DIR_MODE, is_real_dir, lexists
 from unpacked.publish._journal import Area
 from unpacked.publish._lock import repository_lock
+from unpacked.publish._probe import whiteout_form
 
 logger = logging.getLogger(__name__)
 
@@ -68,8 +69,11 @@ def _syntax_problem(path: PurePosixPath) -> str | None:
 class DirTransaction(Transaction):
     """The changes of one ``dir:`` transaction, staged in its area until the commit."""
 
-    def __init__(self, spec: str, area: Area, lease: PurePosixPath | None) -> None:
+    def __init__(
+        self, spec: str, area: Area, lease: PurePosixPath | None, capabilities: Capabilities
+    ) -> None:
         self._spec = spec
+        self._capabilities = capabilities
         self._root = area.root
         self._area = area
         self._lease = lease
@@ -80,6 +84,10 @@ class DirTransaction(Transaction):
 
     # --- the Transaction interface ---
     # Each method translates OSError (from the checks' lstat as much as from staging).
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
 
     def new_dir(self, path: PurePosixPath) -> Path:
         with self._translated("create directory", path):
@@ -261,6 +269,7 @@ class DirPublisher(Publisher):
         self.root = root
         self.spec = f"dir:{root}"
         self._private = root / PRIVATE_DIR
+        self._capabilities: Capabilities | None = None
 
     @classmethod
     def open(cls, location: str, create: bool = True) -> DirPublisher:
@@ -286,6 +295,25 @@ class DirPublisher(Publisher):
             logger.info("created repository directory %s", root)
         return cls(root)
 
+    @property
+    def capabilities(self) -> Capabilities:
+        if self._capabilities is None:
+            self._capabilities = Capabilities(
+                whiteouts=self._probe_whiteouts(),
+                hardlinks_across_directories=True,
+                scratch_on_tree_filesystem=True,  # staging lives inside the root
+            )
+        return self._capabilities
+
+    def _probe_whiteouts(self) -> WhiteoutForm:
+        """Probe the staging area once: trees are staged there, and renamed into place."""
+        if os.geteuid() != 0:
+            return whiteout_form(self.root)[0]  # no probe needed, nothing created
+        form, reason = whiteout_form(self._private_dirs())
+        if reason is not None:
+            logger.warning("%s: %s", self.spec, reason)
+        return form
+
     @contextlib.contextmanager
     def transaction(
         self, *, lease: PurePosixPath | None = None, lock_timeout: float = 600.0
@@ -298,7 +326,7 @@ class DirPublisher(Publisher):
             _commit.recover(transactions, self.root, self.spec)
             area = self._new_area(transactions)
             try:
-                transaction = DirTransaction(self.spec, area, lease)
+                transaction = DirTransaction(self.spec, area, lease, self.capabilities)
                 try:
                     yield transaction
                 except BaseException as error:
