@@ -622,3 +622,25 @@ def test_dir_whiteouts_on_a_file_system_without_trusted_xattrs(
         assert "kept as .wh. files" in caplog.text
     finally:
         subprocess.run(["umount", str(mountpoint)], check=True, timeout=30)
+
+
+def test_discard_drops_an_entry_of_a_new_tree_and_never_publishes_it(
+    publisher: Publisher, root: Path, tmp_path: Path
+) -> None:
+    with publisher.transaction() as transaction:
+        tree = transaction.new_dir(P("fresh"))
+        (tree / "partial").mkdir()
+        (tree / "partial" / "half").write_bytes(b"half")
+        transaction.discard(tree / "partial")
+        assert not (tree / "partial").exists()
+        (tree / "partial").mkdir()  # made again, empty
+        (tree / "partial" / "whole").write_bytes(b"whole")
+        scratch = transaction.scratch_dir() / "s"
+        scratch.write_bytes(b"s")
+        transaction.discard(scratch)
+        assert not scratch.exists()
+        for refused in (tree, root / "a", tmp_path, tree.parent / "elsewhere"):
+            with pytest.raises(PublishError, match="cannot discard"):
+                transaction.discard(refused)
+    assert os.listdir(root / "fresh" / "partial") == ["whole"]
+    assert areas(root) == []

@@ -184,6 +184,20 @@ class Transaction(abc.ABC):
         """
 
     @abc.abstractmethod
+    def discard(self, path: Path) -> None:
+        """Drop ``path``, an entry the caller made strictly inside a ``new_dir`` tree or
+        ``scratch_dir()`` (a half-unpacked layer directory, ...).
+
+        When this returns, nothing is at ``path`` any more (the caller may create it
+        again) and what was there is never published; its space is freed by the end of
+        the transaction at the latest. Refused (``PublishError``) for any other path, a
+        ``new_dir`` tree's top included (``remove`` its repository path instead). Costs
+        about one rename whatever the size, so that a caller need not move trees itself
+        (a rename between a tree and scratch fails on a backend whose scratch lies on
+        another file system, C3).
+        """
+
+    @abc.abstractmethod
     def scratch_dir(self) -> Path:
         """A private directory for temporary files (downloaded blobs, ...).
 

@@ -152,6 +152,24 @@ class DirTransaction(Transaction):
     def write_ahead(self) -> None:
         self._flusher.request()
 
+    def discard(self, path: Path) -> None:
+        with self._translated("discard", PurePosixPath(path)):
+            if not self._open:
+                raise PublishError(f"{self._spec}: the transaction has ended; open a new one")
+            local = Path(os.path.abspath(path))
+            if not self._discardable(local):
+                raise PublishError(
+                    f"{self._spec}: cannot discard {path}: not inside a new tree or scratch"
+                )
+            # The area is deleted with the transaction, whatever its outcome.
+            os.rename(local, self.scratch_dir() / f"discarded-{self._stage_name()}")
+
+    def _discardable(self, local: Path) -> bool:
+        new = self._area.new
+        if new in local.parents and local.parent != new:  # inside new/<tree>/, not a tree
+            return True
+        return self._area.directory / "scratch" in local.parents
+
     def close(self) -> None:
         """Refuse every further call: the scope of the transaction has ended."""
         self._open = False
