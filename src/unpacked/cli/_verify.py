@@ -25,7 +25,7 @@ from unpacked.cli import _render as render
 from unpacked.cli import _verify_deep as deep
 from unpacked.cli._context import publisher_for
 from unpacked.errors import ConfigError
-from unpacked.publish import Publisher
+from unpacked.publish import Publisher, backend_of
 from unpacked.verify import (
     Finding,
     RepairReport,
@@ -38,8 +38,8 @@ from unpacked.verify import (
 
 
 def verify(args: argparse.Namespace) -> int:
-    backend, _, location = args.repo.partition(":")
-    if backend == "dir" and location and not os.path.isdir(location):
+    backend, location = backend_of(args.repo), args.repo.partition(":")[2]
+    if backend is not None and backend.local_directory and location and not os.path.isdir(location):
         # Opening a dir: publisher creates a missing directory, which would verify clean.
         raise ConfigError(f"{args.repo}: no such repository directory")
     publisher = publisher_for(args.repo)
