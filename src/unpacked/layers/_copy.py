@@ -23,11 +23,11 @@ def copy_entry(src: int, dst: int, name: str, st: os.stat_result, path: str) -> 
     """
     if stat.S_ISLNK(st.st_mode):
         os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
-        _copy_owner_and_times(dst, name, st)
-        return
-    if stat.S_IFMT(st.st_mode) in _SPECIAL:
+    elif stat.S_IFMT(st.st_mode) in _SPECIAL:
         os.mknod(name, st.st_mode, st.st_rdev, dir_fd=dst)
+    if stat.S_ISLNK(st.st_mode) or stat.S_IFMT(st.st_mode) in _SPECIAL:
         _copy_owner_and_times(dst, name, st)
+        _copy_xattrs_at(src, dst, name, path)
         return
     if not stat.S_ISREG(st.st_mode):
         raise LayerError(f"/{path}: cannot link or copy a special file")
@@ -44,6 +44,25 @@ def _copy_owner_and_times(dst: int, name: str, st: os.stat_result) -> None:
     if not stat.S_ISLNK(st.st_mode):
         os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=dst)
     os.utime(name, ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=dst, follow_symlinks=False)
+
+
+def _copy_xattrs_at(src: int, dst: int, name: str, path: str) -> None:
+    """The xattrs of a symlink or special file, which cannot be opened to read them: by
+    their path through the directories' fds (the last component never followed)."""
+    source, target = f"/proc/self/fd/{src}/{name}", f"/proc/self/fd/{dst}/{name}"
+    try:
+        attrs = os.listxattr(source, follow_symlinks=False)
+    except OSError:
+        return
+    for attr in attrs:
+        if attr.startswith("trusted.overlay."):
+            continue
+        value = os.getxattr(source, attr, follow_symlinks=False)
+        xattr_call(path, attr, _set_nofollow, target, attr, value)
+
+
+def _set_nofollow(target: str, attr: str, value: bytes) -> None:
+    os.setxattr(target, attr, value, follow_symlinks=False)
 
 
 def _copy_file(src: int, dst: int, name: str, st: os.stat_result, path: str) -> None:
