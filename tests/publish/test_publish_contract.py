@@ -13,9 +13,8 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import pytest
-from publish_helpers import change_everything, populate, state
+from publish_helpers import PublisherFactory, change_everything, populate, state
 
-from conftest import PublisherFactory
 from support.tree import assert_trees_equal
 from unpacked.errors import ConfigError, PublishError
 from unpacked.publish import Publisher, Transaction
