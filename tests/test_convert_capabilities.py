@@ -141,15 +141,21 @@ def _inodes(root: Path) -> set[tuple[int, int]]:
     return found
 
 
-@pytest.mark.parametrize("layers_first", [False, True], ids=["at-once", "layers-first"])
+MODES = {"in-process": (1, False), "workers": (2, False), "layers-first": (1, True)}
+"""(workers asked for, layers stored by an earlier conversion): the workers get the
+whiteout form through the pool; stored layers are merged into a scratch lower tree."""
+
+
+@pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("name", ["whiteouts", "links", "special", "metadata"])
 def test_a_publisher_without_links_or_overlay_whiteouts_gets_the_same_flat_tree(
     registry: RegistryServer,
     push_image: PushImage,
     tmp_path: Path,
     name: str,
-    layers_first: bool,
+    mode: str,
 ) -> None:
+    workers, layers_first = MODES[mode]
     since = time.time_ns() - 10**9  # file systems' clocks run on jiffies
     image = by_name(name)
     built: BuiltImage = image.build(tmp_path / "oci")
@@ -160,7 +166,7 @@ def test_a_publisher_without_links_or_overlay_whiteouts_gets_the_same_flat_tree(
     assert _convert(reference, plain) is Outcome.ADDED
     if layers_first:  # the lower tree of a later layer is then built in scratch
         assert _convert(reference, declared, skip_flat=True) is Outcome.ADDED
-    _convert(reference, declared)
+    _convert(reference, declared, unpack_workers=workers)
 
     config = built.config_digest.removeprefix("sha256:")
     flat = PurePosixPath(".flat", config[:2], config)
