@@ -2,6 +2,11 @@
 
 A backend joins the contract tests with a row in ``publish_helpers.BACKENDS_UNDER_TEST``; a
 name in ``unpacked.publish.BACKENDS`` without a row fails its tests, so none is forgotten.
+
+Backend-neutral: ``test_publish_contract.py``. ``dir:`` only, by what they look into:
+``test_publish_dir.py`` (its staging area, journal, rename faults, file system),
+``test_publish_crash.py`` (kills timed on its commit's renames), ``test_publish_lock.py``
+(its lock files) and ``test_flusher.py``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import select
 import signal
@@ -238,3 +239,28 @@ class PublisherFactory:
     @property
     def private_path(self) -> str:
         return self.backend.private_path
+
+
+SWAPS = 150
+
+
+def watch_swaps(
+    root: Path, swap: Callable[[int], None], *, until_missing: bool
+) -> dict[str, object]:
+    """What a reader saw of ``reg/img:1`` and ``data`` under ``root`` while ``swap(i)``
+    ran ``SWAPS`` times (``publish_worker``'s "watch")."""
+    stop = root.parent / "stop"
+    with Worker("watch", str(root / "reg/img:1"), str(root / "data"), str(stop)) as watcher:
+        watcher.expect("watching")
+        for index in range(SWAPS):
+            swap(index)
+        if until_missing:
+            assert watcher.line(timeout=20) == "missing"
+        stop.write_bytes(b"")
+        line = watcher.line(timeout=20)
+        if line == "missing":
+            line = watcher.line(timeout=20)
+        assert watcher.finish() == 0, watcher.stderr()
+    stop.unlink()
+    report: dict[str, object] = json.loads(line)
+    return report

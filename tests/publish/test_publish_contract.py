@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 import pytest
-from publish_helpers import PublisherFactory, change_everything, populate, state
+from publish_helpers import PublisherFactory, change_everything, populate, state, watch_swaps
 
 from support.tree import assert_trees_equal
 from unpacked.errors import ConfigError, PublishError
@@ -327,3 +327,25 @@ def test_discard_drops_an_entry_of_a_new_tree_and_never_publishes_it(
                 transaction.discard(refused)
     assert os.listdir(root / "fresh" / "partial") == ["whole"]
     assert leftovers() == []
+
+
+# --- P5: each path changes atomically ------------------------------------------------
+
+
+def test_replacing_a_link_or_a_file_never_leaves_a_moment_without_it(
+    publisher: Publisher, root: Path
+) -> None:
+    contents = {"a": b"a" * 65536, "b": b"b" * 300000}
+
+    def publish(index: int) -> None:
+        name = "ab"[index % 2]
+        with publisher.transaction() as transaction:
+            transaction.set_symlink(P("reg/img:1"), name)
+            transaction.write_file(P("data"), contents[name])
+
+    publish(1)
+    report = watch_swaps(root, publish, until_missing=False)
+    assert report["missing"] == 0
+    assert report["targets"] == ["a", "b"]
+    # Only whole files: a partial write would show another length.
+    assert report["contents"] == ["ax65536", "bx300000"]

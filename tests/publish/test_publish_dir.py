@@ -19,6 +19,7 @@ from publish_helpers import (
     interpreter_for_others,
     populate,
     state,
+    watch_swaps,
 )
 
 from support.tree import assert_trees_equal
@@ -275,45 +276,6 @@ def test_trees_with_read_only_and_inaccessible_entries_are_removed_unprivileged(
 
 # --- atomic swaps -------------------------------------------------------------------------------
 
-SWAPS = 150
-
-
-def _watch(root: Path, swap: Callable[[int], None], *, until_missing: bool) -> dict[str, object]:
-    stop = root.parent / "stop"
-    with Worker("watch", str(root / "reg/img:1"), str(root / "data"), str(stop)) as watcher:
-        watcher.expect("watching")
-        for index in range(SWAPS):
-            swap(index)
-        if until_missing:
-            assert watcher.line(timeout=20) == "missing"
-        stop.write_bytes(b"")
-        line = watcher.line(timeout=20)
-        if line == "missing":
-            line = watcher.line(timeout=20)
-        assert watcher.finish() == 0, watcher.stderr()
-    stop.unlink()
-    report: dict[str, object] = json.loads(line)
-    return report
-
-
-def test_replacing_a_link_or_a_file_never_leaves_a_moment_without_it(
-    publisher: Publisher, root: Path
-) -> None:
-    contents = {"a": b"a" * 65536, "b": b"b" * 300000}
-
-    def publish(index: int) -> None:
-        name = "ab"[index % 2]
-        with publisher.transaction() as transaction:
-            transaction.set_symlink(P("reg/img:1"), name)
-            transaction.write_file(P("data"), contents[name])
-
-    publish(1)
-    report = _watch(root, publish, until_missing=False)
-    assert report["missing"] == 0
-    assert report["targets"] == ["a", "b"]
-    # Only whole files: a partial write would show another length.
-    assert report["contents"] == ["ax65536", "bx300000"]
-
 
 def test_the_swap_watcher_does_see_a_non_atomic_swap(publisher: Publisher, root: Path) -> None:
     # Control for the test above: unlink-then-create must be caught, or the watcher is blind.
@@ -324,7 +286,7 @@ def test_the_swap_watcher_does_see_a_non_atomic_swap(publisher: Publisher, root:
             os.unlink(root / "reg/img:1")
             os.symlink("ab"[index % 2], root / "reg/img:1")
 
-    report = _watch(root, naive, until_missing=True)
+    report = watch_swaps(root, naive, until_missing=True)
     assert isinstance(report["missing"], int)
     assert report["missing"] > 0
 
