@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 from unpacked.publish._base import Publisher
-from unpacked.publish._dir import DirPublisher
 
 # CernVM-FS repository names are DNS-like ("unpacked.cern.ch"); DUCC lets ``cvmfs_repo``
 # carry a lease sub-path after the name ("unpacked.cern.ch/some/dir") for gateway publishers.
@@ -42,6 +41,15 @@ def cvmfs_location(text: str) -> str:
     return "/".join([name, *parts])
 
 
+def _open_dir(location: str, create: bool) -> Publisher:
+    # Imported when a repository is opened: ``import unpacked.publish`` stays cheap for
+    # the unpacking worker processes, which need only the capability types (the
+    # backend's modules would add about 60 ms to each worker's start).
+    from unpacked.publish._dir import DirPublisher  # noqa: PLC0415
+
+    return DirPublisher.open(location, create)
+
+
 @dataclass(frozen=True)
 class Backend:
     """One backend: its name before the colon and how its location is written and checked."""
@@ -60,7 +68,7 @@ class Backend:
 BACKEND_TABLE: dict[str, Backend] = {
     backend.name: backend
     for backend in (
-        Backend("dir", "/absolute/path", directory_location, DirPublisher.open, True),
+        Backend("dir", "/absolute/path", directory_location, _open_dir, True),
         Backend("cvmfs", "repository.name", cvmfs_location, None, False),
     )
 }
