@@ -33,7 +33,7 @@ from unpacked.convert import (
     utc_now,
 )
 from unpacked.platform import DEFAULT, Platform
-from unpacked.publish import PrivateArea, Publisher, Transaction
+from unpacked.publish import Capabilities, PrivateArea, Publisher, Transaction
 from unpacked.reference import Reference
 from unpacked.registry import RegistryClient
 from unpacked.wishlist import Wish, WishList
@@ -317,6 +317,10 @@ class _OneAtATime(Publisher):
         self.spec = publisher.spec
         self.root = publisher.root
         self._turn = threading.Lock()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._publisher.capabilities
 
     @contextmanager
     def transaction(

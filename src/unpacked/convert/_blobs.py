@@ -153,6 +153,7 @@ class AheadOfOrder:
             item.descriptor.media_type,
             item.diff_id,
             item.layerfs,
+            whiteouts=self._tx.capabilities.whiteouts,
             name=self._job.layer_name(item),
             size=item.descriptor.size,
             bound=self._job.bound(item),

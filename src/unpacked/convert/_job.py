@@ -43,7 +43,7 @@ from unpacked.layers import (
     merge_layers,
     unpack_layer,
 )
-from unpacked.publish import Transaction
+from unpacked.publish import Capabilities, Transaction, WhiteoutForm
 from unpacked.records import (
     ImageStatus,
 )
@@ -71,12 +71,21 @@ class _Ready:
     merged together, in one walk, when the tree must hold them."""
 
     tree: Path | None
+    link: bool  # hard links into ``tree`` (else copies): see ``_links``
     layers: list[LayerTree] = field(default_factory=list)
 
     def merge(self) -> None:
         if self.tree is not None and self.layers:
-            merge_layers(self.layers, self.tree)
+            merge_layers(self.layers, self.tree, link=self.link)
         self.layers = []
+
+
+def _links(capabilities: Capabilities, *, into_flat: bool) -> bool:
+    """Whether layer files are hard-linked into the tree built below the new layers (else
+    copied): a flat tree is published, a scratch tree needs scratch on the trees' file system."""
+    if into_flat:
+        return capabilities.hardlinks_across_directories
+    return capabilities.scratch_on_tree_filesystem
 
 
 @dataclass
@@ -147,6 +156,7 @@ class Job:
         for item in new:
             self._make_layer_dir(tx, item)
         tree = flat if flat is not None else self._scratch_tree(tx, work)
+        link = _links(tx.capabilities, into_flat=flat is not None)
         workers = self._unpack_workers(new, work, tree)
         with contextlib.ExitStack() as stack:
             ahead = None
@@ -158,11 +168,11 @@ class Job:
                 else:
                     ahead = AheadOfOrder(self, tx, pool)
             blobs = stack.enter_context(self._downloads(tx, new, ahead))
-            above = self._stack_layers(tx, work, blobs, ahead, tree)
+            above = self._stack_layers(tx, work, blobs, ahead, _Ready(tree, link))
             if ahead is not None:
                 ahead.close()  # the workers exit while the last layers merge
             if flat is not None and above:
-                merge_layers(above, flat)
+                merge_layers(above, flat, link=link)
 
     @staticmethod
     def _scratch_tree(tx: Transaction, work: list[LayerWork]) -> Path | None:
@@ -171,7 +181,8 @@ class Job:
         A new layer needs what is below it: the metadata of directories it creates only
         implicitly, the entries its opaque root hides, the targets of its hard links into
         lower layers. The stored layers are merged into this scratch tree (hard links,
-        removed with the transaction) as they would be into a flat tree.
+        removed with the transaction) as they would be into a flat tree; copies where
+        scratch lies on another file system than the layer trees (``_links``).
         """
         if not any(item.new and item.index > 0 for item in work):
             return None
@@ -205,15 +216,14 @@ class Job:
         work: list[LayerWork],
         blobs: Downloads,
         ahead: AheadOfOrder | None,
-        tree: Path | None,
+        ready: _Ready,
     ) -> list[LayerTree]:
-        """Unpack the new layers in order, each onto ``tree`` holding the layers below it.
+        """Unpack the new layers in order, each onto ``ready.tree`` holding the layers below it.
 
         Layers that are ready (stored, or unpacked) wait and are merged in one walk when
         a new layer needs them below it, or while the job waits for a worker; those above
         the last new layer are returned.
         """
-        ready = _Ready(tree)
         staged: dict[Digest, LayerWork] = {}
         for item in work:
             digest = item.descriptor.digest
@@ -260,7 +270,7 @@ class Job:
             report = self._unpacked_ahead(tx, item, blob, ahead, ready)
         if report is None:
             ready.merge()
-            report = self._unpack_here(item, blob, ready.tree)
+            report = self._unpack_here(item, blob, ready.tree, tx.capabilities.whiteouts)
         blob.unlink(missing_ok=True)  # not needed any more; keep it out of any flush
         tx.write_ahead()
         item.whiteouts = report.whiteouts
@@ -299,12 +309,14 @@ class Job:
         return report
 
     def _restart_layerfs(self, tx: Transaction, item: LayerWork) -> None:
-        """An empty layer directory in place of a worker's partial one (kept in scratch)."""
+        """An empty layer directory in place of a worker's partial one (discarded)."""
         assert item.layerfs is not None
-        os.rename(item.layerfs, tx.scratch_dir() / f"partial-{item.descriptor.digest.hex}")
+        tx.discard(item.layerfs)
         self._make_layerfs(item.layerfs)
 
-    def _unpack_here(self, item: LayerWork, blob: Path, tree: Path | None) -> ApplyReport:
+    def _unpack_here(
+        self, item: LayerWork, blob: Path, tree: Path | None, whiteouts: WhiteoutForm
+    ) -> ApplyReport:
         assert item.layerfs is not None
         self.report(item.descriptor.digest, "unpack", 0, item.descriptor.size)
         with open(blob, "rb") as stream:
@@ -314,6 +326,7 @@ class Job:
                 item.diff_id,
                 item.layerfs,
                 target=Target.LAYERFS,
+                whiteouts=whiteouts,
                 lower=tree,
                 name=self.layer_name(item),
                 bound=self.bound(item),
