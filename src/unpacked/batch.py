@@ -46,7 +46,7 @@ from unpacked.events import (
     emit,
 )
 from unpacked.platform import DEFAULT, Platform
-from unpacked.publish import PrivateArea, Publisher, Transaction
+from unpacked.publish import Capabilities, PrivateArea, Publisher, Transaction
 from unpacked.reference import Reference
 from unpacked.registry import RegistryClient
 from unpacked.wishlist import Wish, WishList
@@ -341,6 +341,10 @@ class _OneAtATime(Publisher):
         self.spec = publisher.spec
         self.root = publisher.root
         self._turn = threading.Lock()
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._publisher.capabilities
 
     @contextmanager
     def transaction(

@@ -20,9 +20,14 @@ boundary where they occur, so callers and the CLI only ever see this tree::
     ├── LayerError                     a layer cannot be applied
     │   ├── UnsafeLayerError           an entry tries to leave the target directory
     │   └── LayerTooLargeError         a layer decompresses to more than its size limit
-    ├── PublishError                   a repository transaction failed (nothing was published)
+    ├── PublishError                   a repository transaction failed (nothing was published);
+    │   │                              may carry the command, exit status and stderr behind it
     │   ├── RepositoryLockedError      another process holds the repository lock too long
     │   └── RepositoryFullError        the repository's file system is full (or over quota)
+    ├── CommandError                   a program we ran (``process.run``) did not do its job
+    │   ├── CommandNotStarted          it could not be started (missing, not executable)
+    │   ├── CommandFailed              it exited with a status we did not accept
+    │   └── CommandTimedOut            it ran past its timeout and was killed
     └── ConfigError                    bad configuration (auth file, options)
 
 Each error's message names the culprit (the reference, the blob digest, the
@@ -31,6 +36,7 @@ layer, the path) so that it can be shown to a person as it is.
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -114,8 +120,49 @@ class LowerLayersNeeded(LayerError):
     """
 
 
+def _command_details(command: str | None, exit_code: int | None, stderr: str | None) -> str:
+    """What a message adds about a command: ``[command: ..., exit status N]`` and stderr."""
+    facts = []
+    if command is not None:
+        facts.append(f"command: {command}")
+    if exit_code is not None:
+        facts.append(f"exit status {exit_code}")
+    text = f" [{', '.join(facts)}]" if facts else ""
+    lines = (stderr or "").strip().splitlines()
+    if lines:
+        text += "\n" + "\n".join(f"  stderr: {line}" for line in lines)
+    return text
+
+
 class PublishError(UnpackedError):
-    """A repository transaction could not be completed; the published tree is unchanged."""
+    """A repository transaction could not be completed; the published tree is unchanged.
+
+    ``command``, ``exit_code`` and ``stderr`` say which program failed and how, when a
+    backend drives one (``cvmfs_server``, ...); the message shows them.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: str | None = None,
+        exit_code: int | None = None,
+        stderr: str | None = None,
+    ) -> None:
+        super().__init__(message + _command_details(command, exit_code, stderr))
+        self.command = command
+        self.exit_code = exit_code
+        self.stderr = stderr
+
+    @classmethod
+    def from_command(cls, message: str, error: CommandError) -> PublishError:
+        """``message``, with what ``error`` knows of the command (raise it ``from error``)."""
+        return cls(
+            f"{message}: {error.reason}",
+            command=error.command,
+            exit_code=error.exit_code,
+            stderr=error.stderr or None,
+        )
 
 
 class RepositoryLockedError(PublishError):
@@ -124,6 +171,50 @@ class RepositoryLockedError(PublishError):
 
 class RepositoryFullError(PublishError):
     """The repository's file system ran out of space or quota; nothing was published."""
+
+
+class CommandError(UnpackedError):
+    """A program run through ``unpacked.process.run`` did not do its job.
+
+    ``argv`` is what was run, ``command`` the same as one shell-quoted line;
+    ``exit_code`` its exit status (None if it never ended by itself); ``stderr`` the
+    end of what it wrote there (bounded); ``reason`` what went wrong, in a few words.
+    """
+
+    def __init__(
+        self, argv: Sequence[str], reason: str, *, exit_code: int | None = None, stderr: str = ""
+    ) -> None:
+        self.argv = tuple(argv)
+        self.command = shlex.join(self.argv)
+        self.reason = reason
+        self.exit_code = exit_code
+        self.stderr = stderr
+        super().__init__(
+            f"{self.argv[0] if argv else '?'}: {reason}"
+            + _command_details(self.command, exit_code, stderr)
+        )
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword arguments do not survive the default pickling of exceptions.
+        return (_rebuild, (type(self), self.argv, self.reason, self.exit_code, self.stderr))
+
+
+def _rebuild(
+    cls: type[CommandError], argv: tuple[str, ...], reason: str, code: int | None, stderr: str
+) -> CommandError:
+    return cls(argv, reason, exit_code=code, stderr=stderr)
+
+
+class CommandNotStarted(CommandError):
+    """The program could not be started (not found, not executable, bad directory)."""
+
+
+class CommandFailed(CommandError):
+    """The program exited with a status the caller does not accept."""
+
+
+class CommandTimedOut(CommandError):
+    """The program ran past its timeout; it was killed (with its process group)."""
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from unpacked.layers import (
     unpack_flat,
     unpack_layer,
 )
+from unpacked.publish import WhiteoutForm, open_publisher
 
 T = TarEntry
 MTIME = 1_700_000_000
@@ -54,10 +55,17 @@ def flat(root: Path, *layers: list[TarEntry]) -> list[ApplyReport]:
     ]
 
 
-def layerfs(root: Path, entries: list[TarEntry], lower: Path | None = None) -> ApplyReport:
+def layerfs(
+    root: Path,
+    entries: list[TarEntry],
+    lower: Path | None = None,
+    whiteouts: WhiteoutForm | None = None,
+) -> ApplyReport:
     root.mkdir()
     tar = io.BytesIO(tar_bytes(entries))
-    return apply_layer(tar, root, target=Target.LAYERFS, lower=lower, name="lfs")
+    return apply_layer(
+        tar, root, target=Target.LAYERFS, whiteouts=whiteouts, lower=lower, name="lfs"
+    )
 
 
 def blob_args(data: bytes, compression: str) -> tuple[io.BytesIO, str, Digest]:
@@ -615,11 +623,27 @@ def test_file_system_without_xattrs_gives_one_warning(ramfs: Path) -> None:
     assert sorted(os.listdir(root)) == [f"f{i}" for i in range(5)]
 
 
-def test_layerfs_on_a_file_system_without_xattrs_keeps_whiteout_files(ramfs: Path) -> None:
-    report = layerfs(ramfs / "layer", [T.dir("d"), T.whiteout("d/x"), T.opaque("d")])
+def test_layerfs_on_a_file_system_without_xattrs_keeps_whiteout_files(
+    ramfs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The publisher probes where it stages and says so once (the layer no longer probes).
+    form = open_publisher(f"dir:{ramfs / 'repo'}").capabilities.whiteouts
+    assert form is WhiteoutForm.AUFS
+    assert caplog.text.count("kept as .wh. files") == 1
+    entries = [T.dir("d"), T.whiteout("d/x"), T.opaque("d")]
+    report = layerfs(ramfs / "layer", entries, whiteouts=form)
     assert report.whiteouts == "wh-files"
-    assert len(report.warnings) == 1 and "kept as .wh. files" in report.warnings[0]
+    assert report.warnings == ()
     assert sorted(os.listdir(ramfs / "layer/d")) == [".wh..wh..opq", ".wh.x"]
+
+
+def test_layerfs_takes_the_whiteout_form_it_is_given(tmp_path: Path) -> None:
+    # The target could hold overlay whiteouts: the form asked for wins, no probe.
+    entries = [T.dir("d"), T.whiteout("d/x"), T.opaque("d"), T.whiteout("top")]
+    report = layerfs(tmp_path / "l", entries, whiteouts=WhiteoutForm.AUFS)
+    assert report.whiteouts == "wh-files"
+    assert sorted(os.listdir(tmp_path / "l")) == [".wh.top", "d"]
+    assert sorted(os.listdir(tmp_path / "l/d")) == [".wh..wh..opq", ".wh.x"]
 
 
 # --- LAYERFS ----------------------------------------------------------------------------

@@ -214,3 +214,46 @@ def test_a_missing_layer_is_named(tmp_path: Path) -> None:
     ]
     with pytest.raises(LayerError, match=r"sha256:bbb \(2/2 of r\)"):
         merge_layers(layers, flat)
+
+
+def _contents(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every entry below ``root``: type and mode, owner, xattrs, content or target, mtime."""
+    found: dict[str, tuple[object, ...]] = {}
+    for directory, subdirs, files in os.walk(root):
+        for name in [*subdirs, *files]:
+            path = Path(directory, name)
+            st_ = path.lstat()
+            link = path.is_symlink()
+            xattrs = () if link else tuple((a, os.getxattr(path, a)) for a in os.listxattr(path))
+            content: object = os.readlink(path) if link else None
+            if stat.S_ISREG(st_.st_mode):
+                content = path.read_bytes()
+            mtime = None if link else st_.st_mtime_ns
+            owner = (st_.st_uid, st_.st_gid)
+            found[str(path.relative_to(root))] = (st_.st_mode, owner, xattrs, content, mtime)
+    return found
+
+
+def test_without_links_across_directories_the_flat_tree_is_copied(tmp_path: Path) -> None:
+    """A publisher that breaks hard links up (CVMFS) gets the same tree, with no shared inode."""
+    stack = [
+        {"f": File(b"1", 0o644), "d": Dir(0o755, 1_000_000, b"1", False, {"x": File(b"x", 0o644)})},
+        {"f": Whiteout(), "d": Dir(0o750, 1_000_001, None, True, {"y": File(b"y", 0o4711)})},
+        {"g": Link("f"), "h": File(b"h", 0o600)},
+    ]
+    layers = _layers(tmp_path, stack, wh_files=True)
+    os.setxattr(layers[2].path / "h", "user.kept", b"1")
+    os.mkfifo(layers[2].path / "pipe", 0o640)
+    os.utime(layers[2].path / "h", ns=(5, 7_000_000_000))
+    linked, copied = tmp_path / "linked", tmp_path / "copied"
+    linked.mkdir()
+    copied.mkdir()
+    merge_layers(layers, linked)
+    stats = merge_layers(layers, copied, link=False)
+    assert _contents(copied) == _contents(linked)
+    assert (stats.linked, stats.copied) == (0, 4), "y, g, h and pipe, each copied once"
+    layer_inodes = {p.lstat().st_ino for layer in layers for p in layer.path.rglob("*")}
+    assert not layer_inodes & {p.lstat().st_ino for p in copied.rglob("*")}
+    # Merging again over an existing tree replaces what is there.
+    stats = merge_layers(layers[2:], copied, link=False)
+    assert _contents(copied) == _contents(linked)

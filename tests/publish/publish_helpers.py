@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import select
 import signal
@@ -11,11 +12,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from types import TracebackType
 
 import unpacked
 from support.tree import Snapshot, snapshot
+from unpacked.publish import Publisher, Transaction, open_publisher
 
 WORKER = Path(__file__).with_name("publish_worker.py")
 PRIVATE = b".unpacked"
@@ -167,3 +171,96 @@ class Worker:
             if stream is not None:
                 stream.close()
         self._stderr.close()
+
+
+P = PurePosixPath
+
+
+def populate(transaction: Transaction) -> None:
+    """The state most tests start from: an image, its metadata and link, a tree to remove."""
+    tree = transaction.new_dir(P(".flat/aa/one"))
+    (tree / "file").write_bytes(b"one")
+    transaction.write_file(P(".metadata/x/status.json"), b"old status")
+    transaction.set_symlink(P("reg/img:1"), "../.flat/aa/one")
+    doomed = transaction.new_dir(P("doomed"))
+    (doomed / "inner").mkdir()
+    (doomed / "inner" / "file").write_bytes(b"doomed")
+    transaction.new_dir(P("dirfile")).joinpath("content").write_bytes(b"a directory")
+
+
+def change_everything(transaction: Transaction) -> None:
+    """One change of every kind against ``populate``'s state."""
+    tree = transaction.new_dir(P(".flat/bb/two"))
+    (tree / "file").write_bytes(b"two")
+    transaction.write_file(P(".metadata/x/status.json"), b"new status")
+    transaction.write_file(P(".metadata/y/status.json"), b"brand new")
+    transaction.remove(P("dirfile"))
+    transaction.write_file(P("dirfile"), b"a file now")
+    transaction.set_symlink(P("reg/img:1"), "../.flat/bb/two")
+    transaction.set_symlink(P("reg/img:2"), "../.flat/bb/two")
+    transaction.remove(P("doomed"))
+
+
+@dataclass(frozen=True)
+class BackendUnderTest:
+    """How the contract tests make and look into one backend's repositories."""
+
+    spec: Callable[[Path], str]
+    """The spec of a fresh repository kept under the given scratch directory."""
+    leftovers: Callable[[Publisher], list[str]]
+    """What the backend keeps of finished transactions (empty when nothing is pending)."""
+    private_path: str
+    """A path inside the backend's private directory (refused by every method, P7)."""
+
+
+BACKENDS_UNDER_TEST: dict[str, BackendUnderTest] = {
+    "dir": BackendUnderTest(
+        spec=lambda base: f"dir:{base / 'repo'}",
+        leftovers=lambda publisher: areas(publisher.root),
+        private_path=".unpacked/lock",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class PublisherFactory:
+    """Opens the test's repository of one backend (the same one at every call)."""
+
+    name: str
+    backend: BackendUnderTest
+    base: Path
+
+    def __call__(self) -> Publisher:
+        return open_publisher(self.backend.spec(self.base))
+
+    def leftovers(self, publisher: Publisher) -> list[str]:
+        return self.backend.leftovers(publisher)
+
+    @property
+    def private_path(self) -> str:
+        return self.backend.private_path
+
+
+SWAPS = 150
+
+
+def watch_swaps(
+    root: Path, swap: Callable[[int], None], *, until_missing: bool
+) -> dict[str, object]:
+    """What a reader saw of ``reg/img:1`` and ``data`` under ``root`` while ``swap(i)``
+    ran ``SWAPS`` times (``publish_worker``'s "watch")."""
+    stop = root.parent / "stop"
+    with Worker("watch", str(root / "reg/img:1"), str(root / "data"), str(stop)) as watcher:
+        watcher.expect("watching")
+        for index in range(SWAPS):
+            swap(index)
+        if until_missing:
+            assert watcher.line(timeout=20) == "missing"
+        stop.write_bytes(b"")
+        line = watcher.line(timeout=20)
+        if line == "missing":
+            line = watcher.line(timeout=20)
+        assert watcher.finish() == 0, watcher.stderr()
+    stop.unlink()
+    report: dict[str, object] = json.loads(line)
+    return report

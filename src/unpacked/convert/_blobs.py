@@ -14,6 +14,7 @@ from unpacked.convert._model import LayerPlan
 from unpacked.digest import Digest
 from unpacked.errors import BlobAbandoned
 from unpacked.layers import ApplyReport, UnpackPool, abandon, discard, is_abandoned
+from unpacked.publish import WhiteoutForm
 from unpacked.reference import Reference
 from unpacked.registry import BlobStream, RegistryClient
 
@@ -150,9 +151,11 @@ class AheadOfOrder:
         *,
         name: LayerName,
         bound: Callable[[LayerPlan], tuple[int, str]],
+        whiteouts: WhiteoutForm,
         write_ahead: Callable[[], None],
     ) -> None:
         self._pool = pool
+        self._whiteouts = whiteouts
         self._layerfs = layerfs
         self._name = name
         self._bound = bound
@@ -169,6 +172,7 @@ class AheadOfOrder:
             item.descriptor.media_type,
             item.diff_id,
             self._layerfs[digest],
+            whiteouts=self._whiteouts,
             name=self._name(item),
             size=item.descriptor.size,
             bound=self._bound(item),

@@ -36,7 +36,7 @@ from unpacked.layers import (
     merge_layers,
     unpack_layer,
 )
-from unpacked.publish import Transaction
+from unpacked.publish import Capabilities, Transaction, WhiteoutForm
 from unpacked.registry import RegistryClient
 
 logger = logging.getLogger(__name__)
@@ -60,12 +60,21 @@ class _Ready:
     merged together, in one walk, when the tree must hold them."""
 
     tree: Path | None
+    link: bool  # hard links into ``tree`` (else copies): see ``_links``
     layers: list[LayerTree] = field(default_factory=list)
 
     def merge(self) -> None:
         if self.tree is not None and self.layers:
-            merge_layers(self.layers, self.tree)
+            merge_layers(self.layers, self.tree, link=self.link)
         self.layers = []
+
+
+def _links(capabilities: Capabilities, *, into_flat: bool) -> bool:
+    """Whether layer files are hard-linked into the tree built below the new layers (else
+    copied): a flat tree is published, a scratch tree needs scratch on the trees' file system."""
+    if into_flat:
+        return capabilities.hardlinks_across_directories
+    return capabilities.scratch_on_tree_filesystem
 
 
 class LayerStack:
@@ -109,6 +118,7 @@ class LayerStack:
         new = [item for item in work if item.new]  # only a layer's first use is new
         layerfs = {item.descriptor.digest: self._make_layer_dir(item) for item in new}
         tree = flat if flat is not None else self._scratch_tree(work)
+        link = _links(self._tx.capabilities, into_flat=flat is not None)
         workers = self._unpack_workers(new, work, tree)
         with contextlib.ExitStack() as stack:
             ahead = None
@@ -120,11 +130,12 @@ class LayerStack:
                 else:
                     ahead = self._ahead(pool, layerfs)
             blobs = stack.enter_context(self._downloads(new, ahead))
-            results, above = self._stack_layers(work, layerfs, blobs, ahead, tree)
+            ready = _Ready(tree, link)
+            results, above = self._stack_layers(work, layerfs, blobs, ahead, ready)
             if ahead is not None:
                 ahead.close()  # the workers exit while the last layers merge
             if flat is not None and above:
-                merge_layers(above, flat)
+                merge_layers(above, flat, link=link)
         return Stacked(tuple(results), tuple(self._warnings), _size(new))
 
     def _ahead(self, pool: UnpackPool, layerfs: dict[Digest, Path]) -> AheadOfOrder:
@@ -134,6 +145,7 @@ class LayerStack:
             layerfs,
             name=context.layer_name,
             bound=context.bound,
+            whiteouts=self._tx.capabilities.whiteouts,
             write_ahead=self._tx.write_ahead,
         )
 
@@ -143,7 +155,8 @@ class LayerStack:
         A new layer needs what is below it: the metadata of directories it creates only
         implicitly, the entries its opaque root hides, the targets of its hard links into
         lower layers. The stored layers are merged into this scratch tree (hard links,
-        removed with the transaction) as they would be into a flat tree.
+        removed with the transaction) as they would be into a flat tree; copies where
+        scratch lies on another file system than the layer trees (``_links``).
         """
         if not any(item.new and item.index > 0 for item in work):
             return None
@@ -183,15 +196,14 @@ class LayerStack:
         layerfs: dict[Digest, Path],
         blobs: Downloads,
         ahead: AheadOfOrder | None,
-        tree: Path | None,
+        ready: _Ready,
     ) -> tuple[list[LayerResult], list[LayerTree]]:
-        """Unpack the new layers in order, each onto ``tree`` holding the layers below it.
+        """Unpack the new layers in order, each onto ``ready.tree`` holding the layers below it.
 
         Layers that are ready (stored, or unpacked) wait and are merged in one walk when
         a new layer needs them below it, or while the job waits for a worker; those above
         the last new layer are returned, with every position's result.
         """
-        ready = _Ready(tree)
         results: list[LayerResult] = []
         staged: dict[Digest, LayerResult] = {}
         for item in work:
@@ -243,7 +255,9 @@ class LayerStack:
             report = self._unpacked_ahead(item, layerfs, blob, ahead, ready)
         if report is None:
             ready.merge()
-            report = self._unpack_here(item, layerfs, blob, ready.tree)
+            report = self._unpack_here(
+                item, layerfs, blob, ready.tree, self._tx.capabilities.whiteouts
+            )
         blob.unlink(missing_ok=True)  # not needed any more; keep it out of any flush
         self._tx.write_ahead()
         name = self._context.layer_name(item)
@@ -260,17 +274,17 @@ class LayerStack:
             report = ahead.report(item, blob)
         except LowerLayersNeeded as exc:
             logger.info("%s: unpacking the layer again, after the layers below it", exc)
-            self._restart_layerfs(item, layerfs)
+            self._restart_layerfs(layerfs)
             return None
         except BlobAbandoned as exc:
             logger.info("%s: unpacking the layer again, from the finished blob", exc)
-            self._restart_layerfs(item, layerfs)
+            self._restart_layerfs(layerfs)
             return None
         except UnpackWorkerDied as exc:
             # Whatever killed it (the OOM killer, a limit), the layer can still be
             # unpacked here rather than fail the image.
             logger.warning("%s; unpacking the layer in this process instead", exc)
-            self._restart_layerfs(item, layerfs)
+            self._restart_layerfs(layerfs)
             return None
         name = self._context.layer_name(item)
         if report.pending:  # most layers need nothing from below (docker lists parents)
@@ -279,13 +293,18 @@ class LayerStack:
         self._warnings.extend(f"{name}: {warning}" for warning in warnings)
         return report
 
-    def _restart_layerfs(self, item: LayerPlan, layerfs: Path) -> None:
-        """An empty layer directory in place of a worker's partial one (kept in scratch)."""
-        os.rename(layerfs, self._tx.scratch_dir() / f"partial-{item.descriptor.digest.hex}")
+    def _restart_layerfs(self, layerfs: Path) -> None:
+        """An empty layer directory in place of a worker's partial one (discarded)."""
+        self._tx.discard(layerfs)
         self._make_layerfs(layerfs)
 
     def _unpack_here(
-        self, item: LayerPlan, layerfs: Path, blob: Path, tree: Path | None
+        self,
+        item: LayerPlan,
+        layerfs: Path,
+        blob: Path,
+        tree: Path | None,
+        whiteouts: WhiteoutForm,
     ) -> ApplyReport:
         self._report(item.descriptor.digest, "unpack", 0, item.descriptor.size)
         with open(blob, "rb") as stream:
@@ -295,6 +314,7 @@ class LayerStack:
                 item.diff_id,
                 layerfs,
                 target=Target.LAYERFS,
+                whiteouts=whiteouts,
                 lower=tree,
                 name=self._context.layer_name(item),
                 bound=self._context.bound(item),

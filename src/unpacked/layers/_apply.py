@@ -7,6 +7,7 @@ import logging
 import os
 import tarfile
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 from unpacked.digest import Digest, Readable
@@ -19,6 +20,7 @@ from unpacked.layers._lower import complete
 from unpacked.layers._paths import Parts, Tree, display, normalise
 from unpacked.layers._report import ApplyReport, PendingLower, ReportBuilder, Target
 from unpacked.layers._tarstream import TarReader
+from unpacked.publish import WhiteoutForm
 from unpacked.records import Whiteouts
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ def apply_layer(
     root: Path,
     *,
     target: Target,
+    whiteouts: WhiteoutForm | None = None,
     lower: Path | None = None,
     defer_lower: bool = False,
     name: str = "layer",
@@ -43,6 +46,9 @@ def apply_layer(
     exist but are not ready: the layer is unpacked without them, the report's
     ``pending`` says what ``complete_layer`` must do once they are, and a hard
     link into them raises ``LowerLayersNeeded``. The stream is read to its end.
+    ``whiteouts`` (LAYERFS) is the form the publisher asks for (its ``capabilities``;
+    ``OVERLAY`` needs root); None: the process's own, ``OVERLAY`` as root, else ``AUFS``.
+    The target is never probed: what readers need is the publisher's to say.
     Raises ``LayerError`` (or ``UnsafeLayerError`` for an entry that would leave
     ``root``) naming the layer and the entry, for every failure, an unexpected
     one included; ``root`` is then partly written.
@@ -51,10 +57,18 @@ def apply_layer(
         raise ValueError("lower and defer_lower are only used with Target.LAYERFS")
     if lower is not None and defer_lower:
         raise ValueError("lower is given: nothing to defer")
+    fs = _fs.select()
+    mode = _whiteout_mode(target, whiteouts, fs)
     position = _Position()
     try:
         return _apply(
-            tar_stream, root, target=target, lower=lower, defer=defer_lower, name=name, at=position
+            tar_stream,
+            root,
+            _Setting(fs, target, mode),
+            lower=lower,
+            defer=defer_lower,
+            name=name,
+            at=position,
         )
     except UnpackedError:
         raise
@@ -83,21 +97,29 @@ class _Position:
         return "before its first entry" if self.entry is None else f"entry {self.entry!r}"
 
 
+@dataclass(frozen=True)
+class _Setting:
+    fs: _fs.FileSystem
+    target: Target
+    mode: Whiteouts
+
+
 def _apply(
     tar_stream: Readable,
     root: Path,
+    setting: _Setting,
     *,
-    target: Target,
     lower: Path | None,
     defer: bool,
     name: str,
     at: _Position,
 ) -> ApplyReport:
-    fs = _fs.select()
+    fs, target, mode = setting.fs, setting.target, setting.mode
     with contextlib.ExitStack() as trees:
         tree = trees.enter_context(Tree(root, layer=name))
         lower_tree = trees.enter_context(Tree(lower, layer=name)) if lower is not None else None
-        mode, report = _whiteout_mode(target, fs, tree)
+        tree.whiteout_devices = mode is Whiteouts.OVERLAY
+        report = ReportBuilder(whiteouts=mode.value)
         reader = TarReader(tar_stream, layer=name)
         ctx = Context(
             layer=name,
@@ -153,19 +175,14 @@ def _warn_devices(report: ApplyReport, name: str) -> None:
     )
 
 
-def _whiteout_mode(
-    target: Target, fs: _fs.FileSystem, tree: Tree
-) -> tuple[Whiteouts, ReportBuilder]:
+def _whiteout_mode(target: Target, form: WhiteoutForm | None, fs: _fs.FileSystem) -> Whiteouts:
     if target is Target.FLAT:
-        return Whiteouts.RESOLVE, ReportBuilder(whiteouts=Whiteouts.RESOLVE.value)
-    reason = fs.overlay_whiteouts(tree.root_fd)
-    if reason is None:
-        tree.whiteout_devices = True
-        return Whiteouts.OVERLAY, ReportBuilder(whiteouts=Whiteouts.OVERLAY.value)
-    report = ReportBuilder(whiteouts=Whiteouts.KEEP.value)
-    if fs.privileged:
-        report.warn(reason, "")
-    return Whiteouts.KEEP, report
+        return Whiteouts.RESOLVE
+    if form is None:
+        form = WhiteoutForm.OVERLAY if fs.privileged else WhiteoutForm.AUFS
+    if form is WhiteoutForm.OVERLAY and not fs.privileged:
+        raise ValueError("overlay whiteouts need root (0/0 devices, trusted.* xattrs)")
+    return Whiteouts.OVERLAY if form is WhiteoutForm.OVERLAY else Whiteouts.KEEP
 
 
 def _apply_member(ctx: Context, mode: Whiteouts, member: tarfile.TarInfo) -> None:
@@ -289,6 +306,7 @@ def unpack_layer(
     root: Path,
     *,
     target: Target,
+    whiteouts: WhiteoutForm | None = None,
     lower: Path | None = None,
     defer_lower: bool = False,
     name: str,
@@ -303,7 +321,13 @@ def unpack_layer(
     """
     with opened(blob, media_type, name=name, diff_id=diff_id, bound=bound) as stream:
         return apply_layer(
-            stream, root, target=target, lower=lower, defer_lower=defer_lower, name=name
+            stream,
+            root,
+            target=target,
+            whiteouts=whiteouts,
+            lower=lower,
+            defer_lower=defer_lower,
+            name=name,
         )
 
 

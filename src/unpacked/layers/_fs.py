@@ -1,7 +1,8 @@
 """File-system primitives whose behaviour depends on privileges, behind one small interface.
 
-Everything that only root can do (chown to other users, device nodes, the
-overlayfs whiteout form) goes through a ``FileSystem``; ``Unprivileged`` never
+Everything that only root can do (chown to other users, device nodes) goes
+through a ``FileSystem``; which whiteout form a layer takes is not this module's
+business but the publisher's (its ``capabilities``). ``Unprivileged`` never
 attempts what would fail and says so through its return values, so callers
 report a skipped entry or an owner not applied instead of handling ``EPERM``
 per entry.
@@ -15,9 +16,7 @@ this package creates or enters is at least ``u+rwx``.
 
 from __future__ import annotations
 
-import errno
 import os
-import stat
 from typing import Protocol
 
 OPAQUE_XATTR = "trusted.overlay.opaque"
@@ -41,10 +40,6 @@ class FileSystem(Protocol):
         """Create a character or block device; False if this file system may not."""
         ...
 
-    def overlay_whiteouts(self, dir_fd: int) -> str | None:
-        """None if whiteouts in ``dir_fd`` can take overlayfs form, else the reason why not."""
-        ...
-
 
 class Unprivileged:
     """What an ordinary user can do: own files only, no device nodes, no trusted.* xattrs."""
@@ -64,12 +59,9 @@ class Unprivileged:
     def make_device(self, dir_fd: int, name: str, kind: int, mode: int, device: int) -> bool:
         return False
 
-    def overlay_whiteouts(self, dir_fd: int) -> str | None:
-        return "not running as root: whiteouts are kept as .wh. files"
-
 
 class Privileged:
-    """Root: owners, device nodes and overlayfs whiteouts are applied."""
+    """Root: owners and device nodes are applied."""
 
     privileged = True
 
@@ -88,27 +80,6 @@ class Privileged:
             # Root in a user namespace, or a nodev mount: not fatal for an image.
             return False
         return True
-
-    def overlay_whiteouts(self, dir_fd: int) -> str | None:
-        # Try both forms once on a scratch name: root inside a user namespace or
-        # a file system without trusted xattrs (NFS, some FUSE) cannot hold them.
-        probe = f".unpacked-probe-{os.getpid()}"
-        try:
-            os.mknod(probe, stat.S_IFCHR, 0, dir_fd=dir_fd)
-            os.unlink(probe, dir_fd=dir_fd)
-            os.mkdir(probe, 0o700, dir_fd=dir_fd)
-            try:
-                fd = os.open(probe, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
-                try:
-                    os.setxattr(fd, OPAQUE_XATTR, b"y")
-                finally:
-                    os.close(fd)
-            finally:
-                os.rmdir(probe, dir_fd=dir_fd)
-        except OSError as exc:
-            with_reason = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            return f"cannot create overlay whiteouts here ({with_reason}): kept as .wh. files"
-        return None
 
 
 def select() -> FileSystem:

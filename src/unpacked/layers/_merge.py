@@ -7,7 +7,9 @@ stack: whiteouts delete, opaque directories hide what is below, anything else re
 what the lower layers had, and directories merge. Regular files, symlinks, devices
 and fifos become *hard links* to the layer's inode, so the repository stores each
 file's content about once; where a link is impossible (another file system, the
-link-count limit, protected_hardlinks) a regular file is copied instead.
+link-count limit, protected_hardlinks) a regular file is copied instead. A caller whose
+publisher does not keep hard links across directories (``capabilities``: CVMFS breaks
+them up) asks for copies up front (``link=False``): the same tree, with separate files.
 
 Several layers are merged in one walk (``merge_layers``): each directory is read in
 every layer that has it and resolved in memory, bottom to top, so the flat tree gets
@@ -26,19 +28,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import shutil
 import stat
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from unpacked.errors import LayerError
+from unpacked.layers._copy import content_xattrs, copy_entry, xattr_call
 from unpacked.layers._fs import OPAQUE_XATTR
 from unpacked.layout import CATALOG_MARKER
-
-logger = logging.getLogger(__name__)
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -67,20 +67,23 @@ class MergeStats:
     removed: int = 0
 
 
-def merge_layer(layerfs: Path, flat: Path, *, whiteouts: str, name: str) -> MergeStats:
+def merge_layer(
+    layerfs: Path, flat: Path, *, whiteouts: str, name: str, link: bool = True
+) -> MergeStats:
     """Merge one layer directory onto ``flat`` (the layers below it, already merged)."""
-    return merge_layers([LayerTree(layerfs, whiteouts, name)], flat)
+    return merge_layers([LayerTree(layerfs, whiteouts, name)], flat, link=link)
 
 
-def merge_layers(layers: Sequence[LayerTree], flat: Path) -> MergeStats:
+def merge_layers(layers: Sequence[LayerTree], flat: Path, *, link: bool = True) -> MergeStats:
     """Merge layer directories, bottom first, onto ``flat`` (the layers below them).
 
-    The result is the same as merging them one after the other.
+    The result is the same as merging them one after the other. ``link``: files become
+    hard links to the layers' (copies where that fails); False: copies, always.
     """
     stats = MergeStats()
     if not layers:
         return stats
-    with _Roots.open(layers, flat) as roots:
+    with _Roots.open(layers, flat, link=link) as roots:
         _walk(roots, stats)
     return stats
 
@@ -96,13 +99,14 @@ class _Roots:
     """
 
     layers: Sequence[LayerTree]
+    link: bool = True
     src: list[int] = field(default_factory=list)
     dst: int = -1
 
     @classmethod
     @contextlib.contextmanager
-    def open(cls, layers: Sequence[LayerTree], flat: Path) -> Iterator[_Roots]:
-        roots = cls(layers)
+    def open(cls, layers: Sequence[LayerTree], flat: Path, *, link: bool) -> Iterator[_Roots]:
+        roots = cls(layers, link)
         try:
             for layer in layers:
                 roots.src.append(_open_root(layer.path, layer.name))
@@ -284,8 +288,10 @@ def _apply(
                 _make_dir(dst, name, replace=item.fresh and not resolved.cleared)
                 st = item.entry.stat(follow_symlinks=False)
                 subdirs.append(_Dir(prefix + name, tuple(item.layers), st))
-            else:
+            elif roots.link:
                 _replace_with_link(src[item.layer], dst, item.entry, prefix + name, stats)
+            else:
+                _replace_with_copy(src[item.layer], dst, item.entry, prefix + name, stats)
     except OSError as exc:
         raise roots.error(culprit, directory.path, exc) from exc
     return subdirs
@@ -358,31 +364,13 @@ def _copy_dir_metadata(dst: int, src: int, st: os.stat_result, path: str) -> Non
     if os.geteuid() == 0:
         os.fchown(dst, st.st_uid, st.st_gid)
     os.fchmod(dst, stat.S_IMODE(st.st_mode))
-    wanted = _content_xattrs(src)
+    wanted = content_xattrs(src)
     # A directory declared again by a later layer takes that layer's xattrs only (as
     # umoci does): drop the ones the lower layers gave it.
-    for attr in set(_content_xattrs(dst)) - set(wanted):
-        _xattr_call(path, attr, os.removexattr, dst, attr)
+    for attr in set(content_xattrs(dst)) - set(wanted):
+        xattr_call(path, attr, os.removexattr, dst, attr)
     for attr, value in wanted.items():
-        _xattr_call(path, attr, os.setxattr, dst, attr, value)
-
-
-def _content_xattrs(fd: int) -> dict[str, bytes]:
-    """The xattrs of an open directory, without overlayfs's bookkeeping."""
-    try:
-        names = os.listxattr(fd)
-    except OSError:
-        return {}
-    return {
-        name: os.getxattr(fd, name) for name in names if not name.startswith("trusted.overlay.")
-    }
-
-
-def _xattr_call(path: str, attr: str, call: Callable[..., None], *args: object) -> None:
-    try:
-        call(*args)
-    except OSError as exc:
-        logger.warning("/%s: xattr %s not applied: %s", path, attr, exc)
+        xattr_call(path, attr, os.setxattr, dst, attr, value)
 
 
 def _set_times(roots: _Roots, directory: _Dir) -> None:
@@ -415,10 +403,22 @@ def _replace_with_link(
     except OSError as exc:
         if exc.errno not in _LINK_FALLBACK:
             raise
-        _copy_entry(src, dst, name, entry.stat(follow_symlinks=False), path)
+        copy_entry(src, dst, name, entry.stat(follow_symlinks=False), path)
         stats.copied += 1
         return
     stats.linked += 1
+
+
+def _replace_with_copy(
+    src: int, dst: int, entry: os.DirEntry[str], path: str, stats: MergeStats
+) -> None:
+    st = entry.stat(follow_symlinks=False)
+    try:
+        copy_entry(src, dst, entry.name, st, path)
+    except FileExistsError:
+        _remove(dst, entry.name)
+        copy_entry(src, dst, entry.name, st, path)
+    stats.copied += 1
 
 
 def _link_or_copy(
@@ -430,36 +430,9 @@ def _link_or_copy(
     except OSError as exc:
         if exc.errno not in _LINK_FALLBACK:
             raise
-        _copy_entry(src, dst, entry.name, entry.stat(follow_symlinks=False), path)
+        copy_entry(src, dst, entry.name, entry.stat(follow_symlinks=False), path)
         stats.copied += 1
 
 
 def _link(src: int, dst: int, name: str) -> None:
     os.link(name, name, src_dir_fd=src, dst_dir_fd=dst, follow_symlinks=False)
-
-
-def _copy_entry(src: int, dst: int, name: str, st: os.stat_result, path: str) -> None:
-    if stat.S_ISLNK(st.st_mode):
-        os.symlink(os.readlink(name, dir_fd=src), name, dir_fd=dst)
-        return
-    if not stat.S_ISREG(st.st_mode):
-        raise LayerError(f"/{path}: cannot link or copy a special file")
-    source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src)
-    try:
-        target = os.open(
-            name,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=dst,
-        )
-        try:
-            while os.sendfile(target, source, None, 1 << 30):
-                pass
-            if os.geteuid() == 0:
-                os.fchown(target, st.st_uid, st.st_gid)
-            os.fchmod(target, stat.S_IMODE(st.st_mode))
-            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
-        finally:
-            os.close(target)
-    finally:
-        os.close(source)

@@ -33,6 +33,7 @@ from typing import IO
 from unpacked.digest import Digest
 from unpacked.errors import LayerError, UnpackWorkerDied
 from unpacked.layers._report import ApplyReport
+from unpacked.publish import WhiteoutForm
 
 logger = logging.getLogger(__name__)
 
@@ -188,16 +189,27 @@ class UnpackPool:
         diff_id: Digest,
         root: Path,
         *,
+        whiteouts: WhiteoutForm | None = None,
         name: str,
         size: int | None = None,
         bound: tuple[int, str] | None = None,
     ) -> Future[ApplyReport]:
-        """Unpack the blob file ``blob`` into the empty layer directory ``root``.
+        """Unpack the blob file ``blob`` into the empty layer directory ``root``, its
+        whiteouts in the form ``whiteouts`` (the publisher's; see ``apply_layer``).
 
         With ``size``, the blob is still being written: it is read as it grows, up to
         ``size`` bytes (``GrowingBlob``; ``BlobAbandoned`` if its writer abandons it).
         """
-        arguments = (str(blob), media_type, str(diff_id), str(root), name, size, bound)
+        arguments = (
+            str(blob),
+            media_type,
+            str(diff_id),
+            str(root),
+            name,
+            size,
+            bound,
+            None if whiteouts is None else whiteouts.value,
+        )
         return self._threads.submit(self._call, arguments, name)
 
     def _call(self, arguments: tuple[object, ...], name: str) -> ApplyReport:

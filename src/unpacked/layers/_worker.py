@@ -1,6 +1,7 @@
 """The worker process of ``UnpackPool``: ``python -m unpacked.layers._worker PARENT_PID``.
 
-Reads pickled calls ``(blob, media type, diff_id, layer directory, name, size, bound)``
+Reads pickled calls ``(blob, media type, diff_id, layer directory, name, size, bound,
+whiteout form)``
 from stdin (``size``: the blob is still being downloaded, read it as it grows) and
 answers each with a pickled ``(True, ApplyReport)`` or ``(False, exception)`` on
 stdout, until stdin closes. Its parent is the unpacked process, which it does not
@@ -24,6 +25,7 @@ from unpacked.errors import LayerError
 from unpacked.layers._apply import unpack_layer
 from unpacked.layers._growing import GrowingBlob
 from unpacked.layers._report import ApplyReport, Target
+from unpacked.publish import WhiteoutForm
 
 _PR_SET_PDEATHSIG = 1
 
@@ -39,9 +41,9 @@ def _die_with_parent(parent: int) -> None:
 
 
 def unpack(
-    arguments: tuple[str, str, str, str, str, int | None, tuple[int, str] | None],
+    arguments: tuple[str, str, str, str, str, int | None, tuple[int, str] | None, str | None],
 ) -> ApplyReport:
-    blob, media_type, diff_id, root, name, size, bound = arguments
+    blob, media_type, diff_id, root, name, size, bound, whiteouts = arguments
     with contextlib.ExitStack() as stack:
         if size is None:
             stream: Readable = stack.enter_context(open(blob, "rb"))
@@ -53,6 +55,7 @@ def unpack(
             Digest.parse(diff_id),
             Path(root),
             target=Target.LAYERFS,
+            whiteouts=None if whiteouts is None else WhiteoutForm(whiteouts),
             defer_lower=True,
             name=name,
             bound=bound,

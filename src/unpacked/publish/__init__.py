@@ -8,21 +8,36 @@ backend keeps, and what it does not promise, is written in ``_base``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from unpacked.errors import ConfigError
-from unpacked.publish._base import Publisher, Transaction
-from unpacked.publish._dir import DirPublisher
+from unpacked.publish._backends import (
+    BACKEND_TABLE,
+    Backend,
+    backend_of,
+    canonical_spec,
+    cvmfs_location,
+)
+from unpacked.publish._base import Capabilities, Publisher, Transaction, WhiteoutForm
 from unpacked.publish._private import PrivateArea
 
-__all__ = ["BACKENDS", "PrivateArea", "Publisher", "Transaction", "open_publisher"]
+__all__ = [
+    "BACKENDS",
+    "BACKEND_TABLE",
+    "Backend",
+    "Capabilities",
+    "PrivateArea",
+    "Publisher",
+    "Transaction",
+    "WhiteoutForm",
+    "backend_of",
+    "canonical_spec",
+    "cvmfs_location",
+    "open_publisher",
+]
 
-_OPENERS: dict[str, Callable[[str, bool], Publisher]] = {
-    "dir": DirPublisher.open,
-}
-
-BACKENDS: tuple[str, ...] = tuple(_OPENERS)
-"""Names of the supported backends, as written before the colon of a spec."""
+BACKENDS: tuple[str, ...] = tuple(
+    name for name, backend in BACKEND_TABLE.items() if backend.opener is not None
+)
+"""Names of the implemented backends, as written before the colon of a spec."""
 
 
 def open_publisher(spec: str, *, create: bool = True) -> Publisher:
@@ -32,10 +47,10 @@ def open_publisher(spec: str, *, create: bool = True) -> Publisher:
     With ``create=False`` a missing repository is an error instead of being created (for
     commands that only read, where a mistyped path must not leave an empty repository).
     """
-    backend, colon, location = spec.partition(":")
-    opener = _OPENERS.get(backend) if colon else None
+    backend = backend_of(spec)
+    opener = backend.opener if backend is not None else None
     if opener is None:
         supported = ", ".join(f"{name}:<path>" for name in BACKENDS)
         hint = f" (for a plain directory: dir:{spec})" if spec.startswith(("/", ".")) else ""
         raise ConfigError(f"unknown publisher {spec!r}: expected one of {supported}{hint}")
-    return opener(location, create)
+    return opener(spec.partition(":")[2], create)

@@ -67,15 +67,59 @@ N6. Modes and owners. What a caller puts in a ``new_dir`` tree is published with
     the modes and owners it has. Moving a directory needs write permission on it
     for an unprivileged process, so the top directory of a ``new_dir`` tree, and
     of a tree to remove, must stay owner-writable (``PublishError`` otherwise).
+
+Capabilities
+------------
+What differs between backends is declared, not guessed: callers (convert, layers) ask
+``Publisher.capabilities`` (or ``Transaction.capabilities``, the same value) instead of
+probing the file system they write into, which on another backend is not where readers
+will find the result.
+
+C1. ``whiteouts``: the form a layer's whiteouts and opaque markers must take in the
+    trees given to ``new_dir`` so that the backend's readers (the kernel overlay of
+    the CVMFS snapshotter, podman, the thin-image driver) read them right, and that the
+    backend can hold. ``OVERLAY``: 0/0 character devices and the
+    ``trusted.overlay.opaque`` xattr. ``AUFS``: the ``.wh.<name>`` and ``.wh..wh..opq``
+    files as in the layer tar (unprivileged, or a file system without those).
+C2. ``hardlinks_across_directories``: a hard link between two directories of a
+    ``new_dir`` tree is published as a hard link. When False (CVMFS keeps hard links
+    within one directory only) a caller copies instead of linking: the result is the
+    same tree, with separate files.
+C3. ``scratch_on_tree_filesystem``: paths under ``scratch_dir()`` lie on the file system
+    of the ``new_dir`` trees, so a file can be renamed or hard-linked between them.
+    When False, a caller copies between scratch and a tree, never renames or links.
 """
 
 from __future__ import annotations
 
 import abc
+import enum
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from unpacked.publish._private import PrivateArea
+
+
+class WhiteoutForm(enum.StrEnum):
+    """How whiteouts and opaque markers are written in a layer's tree (C1)."""
+
+    OVERLAY = "overlay"
+    """0/0 character devices and ``trusted.overlay.opaque=y`` (overlayfs, the snapshotter)."""
+    AUFS = "aufs"
+    """``.wh.<name>`` files and ``.wh..wh..opq``, as in the layer tar."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can hold and its readers need (C1-C3 of the module docstring)."""
+
+    whiteouts: WhiteoutForm
+    """The form the backend's readers need and the backend can hold."""
+    hardlinks_across_directories: bool
+    """Whether hard links between directories of a new tree survive publishing."""
+    scratch_on_tree_filesystem: bool
+    """Whether ``scratch_dir()`` paths can be renamed or hard-linked into ``new_dir`` trees."""
 
 
 class Transaction(abc.ABC):
@@ -85,12 +129,18 @@ class Transaction(abc.ABC):
     path written are created (mode 0755) when the change is published.
     """
 
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """The publisher's ``capabilities``."""
+
     @abc.abstractmethod
     def new_dir(self, path: PurePosixPath) -> Path:
         """A fresh, empty, writable directory that will appear at ``path`` on commit.
 
-        Fill it through the returned path (it is on the repository's file system, so
-        publishing it is a rename). Fails if ``path`` exists in the published tree (a
+        Fill it through the returned path; what is in it when the transaction's scope
+        ends is published (how is the backend's business: a rename for ``dir:``, a
+        copy or an ingest for another). Fails if ``path`` exists in the published tree (a
         CVMFS template transaction fails the same way) or already exists in this
         transaction. Calls on paths inside it are refused: write into it directly.
         """
@@ -136,11 +186,26 @@ class Transaction(abc.ABC):
         """
 
     @abc.abstractmethod
+    def discard(self, path: Path) -> None:
+        """Drop ``path``, an entry the caller made strictly inside a ``new_dir`` tree or
+        ``scratch_dir()`` (a half-unpacked layer directory, ...).
+
+        When this returns, nothing is at ``path`` any more (the caller may create it
+        again) and what was there is never published; its space is freed by the end of
+        the transaction at the latest. Refused (``PublishError``) for any other path, a
+        ``new_dir`` tree's top included (``remove`` its repository path instead). Costs
+        about one rename whatever the size, so that a caller need not move trees itself
+        (a rename between a tree and scratch fails on a backend whose scratch lies on
+        another file system, C3).
+        """
+
+    @abc.abstractmethod
     def scratch_dir(self) -> Path:
         """A private directory for temporary files (downloaded blobs, ...).
 
-        Never published; removed with the transaction whatever its outcome. On the
-        repository's file system for ``dir:``; callers delete big files they no longer
+        Never published; removed with the transaction whatever its outcome. Whether
+        it shares a file system with the ``new_dir`` trees is ``capabilities``
+        (C3: True for ``dir:``); callers delete big files they no longer
         need as they go, so that they are not flushed with the commit.
         """
 
@@ -154,6 +219,11 @@ class Publisher(abc.ABC):
 
     spec: str
     root: Path
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """What this backend can hold and its readers need (C1-C3); fixed for its lifetime."""
 
     @abc.abstractmethod
     def transaction(

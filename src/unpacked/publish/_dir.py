@@ -23,13 +23,14 @@ from pathlib import Path, PurePosixPath
 
 from unpacked.errors import ConfigError, PublishError
 from unpacked.publish import _commit
-from unpacked.publish._base import Publisher, Transaction
+from unpacked.publish._base import Capabilities, Publisher, Transaction, WhiteoutForm
 from unpacked.publish._changes import Change, Changes, NewDir, NewFile, NewLink, Removal, plan
 from unpacked.publish._flusher import Flusher
 from unpacked.publish._fs import DIR_MODE, is_real_dir, lexists
 from unpacked.publish._journal import JOURNAL_NAME, Area
 from unpacked.publish._lock import repository_lock
 from unpacked.publish._private import PrivateArea
+from unpacked.publish._probe import whiteout_form
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,11 @@ def _syntax_problem(path: PurePosixPath) -> str | None:
 class DirTransaction(Transaction):
     """The changes of one ``dir:`` transaction, staged in its area until the commit."""
 
-    def __init__(self, spec: str, area: Area, lease: PurePosixPath | None) -> None:
+    def __init__(
+        self, spec: str, area: Area, lease: PurePosixPath | None, capabilities: Capabilities
+    ) -> None:
         self._spec = spec
+        self._capabilities = capabilities
         self._root = area.root
         self._area = area
         self._lease = lease
@@ -82,6 +86,10 @@ class DirTransaction(Transaction):
 
     # --- the Transaction interface ---
     # Each method translates OSError (from the checks' lstat as much as from staging).
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._capabilities
 
     def new_dir(self, path: PurePosixPath) -> Path:
         with self._translated("create directory", path):
@@ -145,6 +153,24 @@ class DirTransaction(Transaction):
 
     def write_ahead(self) -> None:
         self._flusher.request()
+
+    def discard(self, path: Path) -> None:
+        with self._translated("discard", PurePosixPath(path)):
+            if not self._open:
+                raise PublishError(f"{self._spec}: the transaction has ended; open a new one")
+            local = Path(os.path.abspath(path))
+            if not self._discardable(local):
+                raise PublishError(
+                    f"{self._spec}: cannot discard {path}: not inside a new tree or scratch"
+                )
+            # The area is deleted with the transaction, whatever its outcome.
+            os.rename(local, self.scratch_dir() / f"discarded-{self._stage_name()}")
+
+    def _discardable(self, local: Path) -> bool:
+        new = self._area.new
+        if new in local.parents and local.parent != new:  # inside new/<tree>/, not a tree
+            return True
+        return self._area.directory / "scratch" in local.parents
 
     def close(self) -> None:
         """Refuse every further call: the scope of the transaction has ended."""
@@ -263,6 +289,7 @@ class DirPublisher(Publisher):
         self.root = root
         self.spec = f"dir:{root}"
         self._private = root / PRIVATE_DIR
+        self._capabilities: Capabilities | None = None
 
     @classmethod
     def open(cls, location: str, create: bool = True) -> DirPublisher:
@@ -288,6 +315,25 @@ class DirPublisher(Publisher):
             logger.info("created repository directory %s", root)
         return cls(root)
 
+    @property
+    def capabilities(self) -> Capabilities:
+        if self._capabilities is None:
+            self._capabilities = Capabilities(
+                whiteouts=self._probe_whiteouts(),
+                hardlinks_across_directories=True,
+                scratch_on_tree_filesystem=True,  # staging lives inside the root
+            )
+        return self._capabilities
+
+    def _probe_whiteouts(self) -> WhiteoutForm:
+        """Probe the staging area once: trees are staged there, and renamed into place."""
+        if os.geteuid() != 0:
+            return whiteout_form(self.root)[0]  # no probe needed, nothing created
+        form, reason = whiteout_form(self._private_dirs())
+        if reason is not None:
+            logger.warning("%s: %s", self.spec, reason)
+        return form
+
     @contextlib.contextmanager
     def transaction(
         self, *, lease: PurePosixPath | None = None, lock_timeout: float = 600.0
@@ -300,7 +346,7 @@ class DirPublisher(Publisher):
             _commit.recover(transactions, self.root, self.spec)
             area = self._new_area(transactions)
             try:
-                transaction = DirTransaction(self.spec, area, lease)
+                transaction = DirTransaction(self.spec, area, lease, self.capabilities)
                 try:
                     yield transaction
                 except BaseException as error:
