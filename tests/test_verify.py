@@ -31,7 +31,7 @@ from unpacked.cli import EXIT_FAILURE, EXIT_INPUT, EXIT_OK, EXIT_PUBLISH, main
 from unpacked.convert import convert_image
 from unpacked.digest import Digest
 from unpacked.errors import RepositoryLockedError
-from unpacked.publish import PrivateArea, Publisher, Transaction, open_publisher
+from unpacked.publish import Capabilities, PrivateArea, Publisher, Transaction, open_publisher
 from unpacked.records import RemovalSchedule, origin_json, parse_origin
 from unpacked.reference import parse
 from unpacked.registry import RegistryClient, RegistryOptions
@@ -586,6 +586,10 @@ class _Wrapped(Publisher):
 
     def private_area(self) -> PrivateArea | None:
         return self._private
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._inner.capabilities
 
 
 def test_verify_and_repair_work_through_any_publisher(repo: Repo) -> None:
