@@ -25,7 +25,14 @@ from support.registry import RegistryServer
 from support.samples import SampleImage
 from support.tree import Snapshot, assert_trees_equal, snapshot
 from unpacked.convert import ConvertOptions, Outcome, convert_image
-from unpacked.publish import Capabilities, Publisher, Transaction, WhiteoutForm, open_publisher
+from unpacked.publish import (
+    Capabilities,
+    PrivateArea,
+    Publisher,
+    Transaction,
+    WhiteoutForm,
+    open_publisher,
+)
 from unpacked.reference import Reference
 from unpacked.registry import RegistryClient
 
@@ -101,6 +108,9 @@ class DeclaredPublisher(Publisher):
 
     def locked(self, *, lock_timeout: float = 600.0) -> AbstractContextManager[None]:
         return self._inner.locked(lock_timeout=lock_timeout)
+
+    def private_area(self) -> PrivateArea | None:
+        return self._inner.private_area()
 
 
 def _convert(reference: Reference, publisher: Publisher, **options: Any) -> Outcome:
