@@ -16,6 +16,7 @@ Run as ``python gc_worker.py <command> ...``; imported by the tests for
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -196,7 +197,9 @@ def sweep(root: str, now: str, batch: str, pause_at: str = "0") -> None:
 def awkward(root: str, ref: str, now: str) -> None:
     # The interpreter and its lazily loaded modules live where 65534 may not read:
     # what loads on first use (host name encoding, the client's TLS context) comes first.
+    # and the dir: backend, which the publisher package loads when a repository is opened.
     "127.0.0.1".encode("idna")
+    importlib.import_module("unpacked.publish._dir")
     with RegistryClient() as client:
         os.setgroups([])
         os.setgid(NOBODY)
