@@ -231,8 +231,8 @@ class LayerStack:
 
     def _make_layer_dir(self, item: LayerPlan) -> Path:
         layer_root = self._tx.new_dir(layout.layer_dir(item.descriptor.digest))
-        os.mkdir(layer_root / ".metadata", 0o755)
-        layerfs = layer_root / "layerfs"
+        os.mkdir(layer_root / layout.LAYER_METADATA, 0o755)
+        layerfs = layer_root / layout.LAYERFS
         self._make_layerfs(layerfs)
         return layerfs
 

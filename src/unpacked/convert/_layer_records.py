@@ -96,9 +96,9 @@ def write_layer_records(
     image_id = str(image.image_id)
     for digest, layer in first.items():
         if not layer.reused:
-            metadata = layer.tree.parent / ".metadata"
-            (metadata / "origin.json").write_bytes(origin_json([image_id]))
-            (metadata / "layers.json").write_bytes(
+            metadata = layer.tree.parent / layout.LAYER_METADATA
+            (metadata / layout.ORIGIN_NAME).write_bytes(origin_json([image_id]))
+            (metadata / layout.LAYER_RECORDS_NAME).write_bytes(
                 merge_layer_records([], records[digest]) or b"[]"
             )
             if index_content:

@@ -66,11 +66,11 @@ class Placement:
 
     @property
     def status_file(self) -> PurePosixPath:
-        return self.metadata / "status.json"
+        return self.metadata / layout.STATUS_NAME
 
     @property
     def manifest_file(self) -> PurePosixPath:
-        return self.metadata / "manifest.json"
+        return self.metadata / layout.MANIFEST_NAME
 
 
 def placement(reference: Reference, options: ConvertOptions) -> Placement:

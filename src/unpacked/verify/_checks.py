@@ -187,7 +187,7 @@ def _check_image(image: ImageEntry, link: LinkEntry | None) -> Iterator[Finding]
     if isinstance(image.manifest, Broken):
         yield Finding(
             Kind.MANIFEST_INVALID,
-            directory / "manifest.json",
+            directory / layout.MANIFEST_NAME,
             f"{image.name}: manifest.json {image.manifest.reason}",
             Remedy.RECONVERT,
             refs,
@@ -196,7 +196,7 @@ def _check_image(image: ImageEntry, link: LinkEntry | None) -> Iterator[Finding]
     if status_problem is not None or isinstance(image.status, Broken):
         yield Finding(
             Kind.STATUS_INVALID,
-            directory / "status.json",
+            directory / layout.STATUS_NAME,
             f"{image.name}: status.json {status_problem}",
             Remedy.RECONVERT,
             refs,
@@ -245,7 +245,7 @@ def _check_manifest(
             f"{status.manifest_digest}"
         )
     if problems:
-        path = layout.METADATA / image.name / "manifest.json"
+        path = layout.METADATA / image.name / layout.MANIFEST_NAME
         yield Finding(
             Kind.MANIFEST_MISMATCH,
             path,
