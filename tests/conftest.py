@@ -16,6 +16,7 @@ Fixture names are a contract used across the suite:
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
@@ -87,3 +88,19 @@ def push_image(registry: RegistryServer) -> PushImage:
         return push(registry, built, repo_tag, format=format)
 
     return _push
+
+
+@pytest.fixture
+def ramfs(tmp_path: Path) -> Iterator[Path]:
+    """A file system without any xattr support (ramfs)."""
+    mountpoint = tmp_path / "ramfs"
+    mountpoint.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "ramfs", "none", str(mountpoint)], capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount ramfs: {done.stderr.decode().strip()}")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], check=True, timeout=30)

@@ -12,7 +12,6 @@ import os
 import stat
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -597,22 +596,6 @@ def test_garbage_after_end_of_archive_is_ignored_with_a_warning(tmp_path: Path) 
     report = apply_layer(io.BytesIO(data), tmp_path, target=Target.FLAT)
     assert (tmp_path / "f").read_bytes() == b"1"
     assert any("after the end-of-archive" in w for w in report.warnings)
-
-
-@pytest.fixture
-def ramfs(tmp_path: Path) -> Iterator[Path]:
-    """A file system without any xattr support (ramfs)."""
-    mountpoint = tmp_path / "ramfs"
-    mountpoint.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "ramfs", "none", str(mountpoint)], capture_output=True, check=False
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount ramfs: {done.stderr.decode().strip()}")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True, timeout=30)
 
 
 def test_file_system_without_xattrs_gives_one_warning(ramfs: Path) -> None:
